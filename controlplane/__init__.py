@@ -1,0 +1,1 @@
+"""Sovereign inference cloud control plane: Django project and core domain."""

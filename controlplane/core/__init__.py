@@ -1,0 +1,1 @@
+"""Shared kernel: base models, tenant scoping, errors, the audit log, operations endpoints."""

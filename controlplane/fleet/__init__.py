@@ -1,0 +1,1 @@
+"""The fleet: regions, accelerator classes, hosts, the model catalog and deployments."""

@@ -1,0 +1,232 @@
+"""All settings, read from the environment through `Env`; production differs only by variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+
+from controlplane.core.regions import REGION_CODES, region_db_alias
+from controlplane.settings.env import ConfigError, Env
+
+env = Env()
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+DATA_DIR = Path(env.str("DATA_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env.bool("DEBUG", False)
+SECRET_KEY = env.str("SECRET_KEY", "insecure-development-secret-key-set-SECRET_KEY-in-production")
+API_KEY_PEPPER = env.str("API_KEY_PEPPER", "insecure-development-pepper-set-API_KEY_PEPPER-in-production")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", ["http://localhost:8000", "http://127.0.0.1:8000"])
+PUBLIC_URL = env.str("PUBLIC_URL", "http://127.0.0.1:8000")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "controlplane.core",
+    "controlplane.fleet",
+    "controlplane.inference",
+    "tenants",
+    "billing",
+]
+
+MIDDLEWARE = [
+    "controlplane.core.middleware.RequestIdMiddleware",
+    "controlplane.core.middleware.BodySizeLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "controlplane.core.middleware.MetricsMiddleware",
+]
+
+ROOT_URLCONF = "controlplane.urls"
+ASGI_APPLICATION = "controlplane.asgi.application"
+WSGI_APPLICATION = "controlplane.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+# --- Databases: one central store and one store per region (DESIGN section 3) -----------------
+
+def _database(url: str) -> dict[str, Any]:
+    try:
+        config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
+    except ValueError as exc:
+        raise ConfigError(f"cannot parse database URL: {exc}") from exc
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        config["CONN_MAX_AGE"] = 0
+        config["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    return config
+
+
+def _regional_database_url(code: str, central_url: str | None) -> str:
+    explicit = env.optional_str(f"REGION_{code.upper()}_DATABASE_URL")
+    if explicit is not None:
+        return explicit
+    if central_url is not None and central_url.startswith(("postgres://", "postgresql://")):
+        # One server, one database per region: <central name>_<code>.
+        base, _, name = central_url.rpartition("/")
+        name, _, query = name.partition("?")
+        return f"{base}/{name}_{code}" + (f"?{query}" if query else "")
+    return f"sqlite:///{DATA_DIR / 'db' / f'region_{code}.sqlite3'}"
+
+
+_central_url = env.optional_str("DATABASE_URL")
+DATABASES: dict[str, dict[str, Any]] = {
+    "default": _database(_central_url or f"sqlite:///{DATA_DIR / 'db' / 'central.sqlite3'}"),
+}
+for _code in REGION_CODES:
+    DATABASES[region_db_alias(_code)] = _database(_regional_database_url(_code, _central_url))
+DATABASE_ROUTERS = ["controlplane.core.routers.ResidencyRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+# --- Redis: central (broker, cache, quotas) and one logical store per region ---------------------
+
+REDIS_URL = env.str("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _regional_redis_url(code: str, index: int) -> str:
+    explicit = env.optional_str(f"REGION_{code.upper()}_REDIS_URL")
+    if explicit is not None:
+        return explicit
+    base = REDIS_URL.split("?")[0].rstrip("/")
+    head, _, last = base.rpartition("/")
+    host_part = head if last.isdigit() else base
+    return f"{host_part}/{index}"
+
+
+REGION_REDIS_URLS: dict[str, str] = {
+    code: _regional_redis_url(code, index) for index, code in enumerate(REGION_CODES, start=1)
+}
+REGION = env.optional_str("REGION")
+RUN_REGIONS = env.list("RUN_REGIONS", ["sin", "dxb", "fra"])
+for _run_region in [*RUN_REGIONS, *([REGION] if REGION else [])]:
+    if _run_region not in REGION_CODES:
+        raise ConfigError(f"unknown region code {_run_region!r}; known: {', '.join(REGION_CODES)}")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "cp",
+        "TIMEOUT": 300,
+    }
+}
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND: str | None = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "central"
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+HOST_HEARTBEAT_INTERVAL_S = env.int("HOST_HEARTBEAT_INTERVAL_S", 15, minimum=1)
+HOST_HEARTBEAT_STALE_S = env.int("HOST_HEARTBEAT_STALE_S", 60, minimum=5)
+
+
+# --- Authentication ----------------------------------------------------------------------------
+
+AUTH_USER_MODEL = "tenants.User"
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_FAILURE_WINDOW_S = env.int("LOGIN_FAILURE_WINDOW_S", 900, minimum=1)
+API_KEY_ROTATION_OVERLAP_S = env.int("API_KEY_ROTATION_OVERLAP_S", 86400, minimum=0)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", False)
+
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", "no-reply@sovereign-cloud.invalid")
+PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT", 3600, minimum=60)
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_BODY_BYTES", 1_048_576, minimum=1024)
+MAX_BODY_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+# --- REST API ----------------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tenants.authentication.ApiKeyAuthentication",
+        "tenants.authentication.CsrfSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "controlplane.core.api.pagination.CreatedCursorPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "controlplane.core.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Sovereign inference cloud: control-plane API",
+    "DESCRIPTION": "Organisations, members, API keys, residency policies, quotas, regions, catalog and fleet.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "ENUM_NAME_OVERRIDES": {},
+}
+
+
+# --- Logging: structured JSON with the request id, never content ---------------------------------
+
+LOG_LEVEL = env.str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "controlplane.core.logging.RequestIdFilter"}},
+    "formatters": {"json": {"()": "controlplane.core.logging.JsonFormatter"}},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]},
+    },
+    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.server": {"level": "WARNING"},
+        "django.db.backends": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,1 @@
+"""Tenants: users, organisations, members and roles, API keys, residency policies, regional quotas."""

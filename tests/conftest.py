@@ -1,0 +1,63 @@
+"""Test database set-up: the central test database migrates normally; the eight regional test
+databases are cloned from one migrated template (PostgreSQL `CREATE DATABASE ... TEMPLATE`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connections
+from psycopg import sql
+
+from controlplane.core.regions import REGION_CODES, region_db_alias
+
+
+def _admin_connection(settings_dict: dict[str, Any]) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=settings_dict.get("HOST") or "127.0.0.1",
+        port=int(settings_dict.get("PORT") or 5432),
+        user=settings_dict.get("USER") or "postgres",
+        password=settings_dict.get("PASSWORD") or None,
+        dbname="postgres",
+        autocommit=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> Iterator[None]:
+    from django.test.utils import setup_databases, teardown_databases
+
+    regional = [region_db_alias(code) for code in REGION_CODES]
+    template_alias, clones = regional[0], regional[1:]
+    with django_db_blocker.unblock():
+        first = connections[template_alias]
+        if first.vendor != "postgresql":
+            config = setup_databases(verbosity=0, interactive=False, aliases=set(settings.DATABASES))
+        else:
+            # Migrate the central store and one regional store; clone the rest from that one.
+            config = setup_databases(verbosity=0, interactive=False, aliases={"default", template_alias})
+            template_name = first.settings_dict["NAME"]
+            first.close()
+            with _admin_connection(first.settings_dict) as admin:
+                for alias in clones:
+                    conn = connections[alias]
+                    test_name = conn.creation._get_test_db_name()
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(test_name)))
+                    admin.execute(
+                        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                            sql.Identifier(test_name), sql.Identifier(template_name)
+                        )
+                    )
+                    conn.close()
+                    original_name = conn.settings_dict["NAME"]
+                    settings.DATABASES[alias]["NAME"] = test_name
+                    conn.settings_dict["NAME"] = test_name
+                    config.append((conn, original_name, True))
+    yield
+    with django_db_blocker.unblock():
+        for alias in clones:
+            connections[alias].close()
+        teardown_databases(config, verbosity=0)

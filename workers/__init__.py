@@ -1,0 +1,5 @@
+"""Celery app and the tasks that run on regional hosts and centrally."""
+
+from workers.celery import app
+
+__all__ = ["app"]

@@ -1,0 +1,21 @@
+"""The Celery app. Queues: `central` and one `region.<code>` per region; messages carry ids only."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+from controlplane.core.regions import CENTRAL_QUEUE, REGION_CODES, region_queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings.base")
+
+app = Celery("workers")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = [Queue(CENTRAL_QUEUE), *(Queue(region_queue(code)) for code in REGION_CODES)]
+app.conf.task_default_queue = CENTRAL_QUEUE
+app.conf.task_serializer = "json"
+app.conf.accept_content = ["json"]
+app.conf.worker_hijack_root_logger = False
+app.autodiscover_tasks(["workers"])
