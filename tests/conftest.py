@@ -4,6 +4,7 @@ databases are cloned from one migrated template (PostgreSQL `CREATE DATABASE ...
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -61,3 +62,40 @@ def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> It
         for alias in clones:
             connections[alias].close()
         teardown_databases(config, verbosity=0)
+
+
+# --- No silent skips: a skip or xfail must be on the reviewed allow-list ----------------------
+
+_ALLOW_LIST = Path(__file__).with_name("allowed_skips.txt")
+_unlisted: list[str] = []
+
+
+def _allowed() -> dict[str, str]:
+    entries: dict[str, str] = {}
+    for line in _ALLOW_LIST.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            node, _, reason = line.partition("|")
+            entries[node.strip()] = reason.strip()
+    return entries
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped or hasattr(report, "wasxfail"):
+        if report.nodeid not in _allowed():
+            _unlisted.append(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    allowed = _allowed()
+    terminalreporter.write_line(f"allowed skips ({len(allowed)}):")
+    for node, reason in allowed.items():
+        terminalreporter.write_line(f"  {node}: {reason}")
+    if _unlisted:
+        terminalreporter.write_line("skips or xfails NOT on tests/allowed_skips.txt (these fail the run):")
+        for node in _unlisted:
+            terminalreporter.write_line(f"  {node}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _unlisted and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

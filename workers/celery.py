@@ -18,4 +18,7 @@ app.conf.task_default_queue = CENTRAL_QUEUE
 app.conf.task_serializer = "json"
 app.conf.accept_content = ["json"]
 app.conf.worker_hijack_root_logger = False
-app.autodiscover_tasks(["workers"])
+app.conf.beat_schedule = {
+    "host-health-sweep": {"task": "workers.host_health_sweep", "schedule": 60.0, "options": {"queue": CENTRAL_QUEUE}},
+}
+app.autodiscover_tasks(["workers"], related_name="tasks")

@@ -15,8 +15,11 @@ _STANDARD_ATTRS = frozenset(
 
 
 class RequestIdFilter(logging.Filter):
+    """For records made before the record factory was installed."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id.get()
+        if not getattr(record, "request_id", ""):
+            record.request_id = current_request_id.get()
         return True
 
 
@@ -35,3 +38,18 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, ensure_ascii=False)
+
+
+def install_request_id_record_factory() -> None:
+    """Stamp every log record with the request id in force when it is created (any handler)."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_stamps_request_id", False):
+        return
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)  # type: ignore[arg-type]  # forwarded verbatim to the stdlib factory
+        record.request_id = current_request_id.get()
+        return record
+
+    factory._stamps_request_id = True  # type: ignore[attr-defined]  # marker against double installation
+    logging.setLogRecordFactory(factory)

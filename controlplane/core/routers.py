@@ -17,6 +17,14 @@ def data_home_of(model: type[Model]) -> DataHome:
     home = getattr(model, "data_home", None)
     if isinstance(home, DataHome):
         return home
+    from django.apps import apps  # migrations hand us historical models, which lack `data_home`
+
+    try:
+        live = apps.get_model(model._meta.app_label, model._meta.model_name)
+    except LookupError:
+        live = None
+    if live is not None and live is not model:
+        return data_home_of(live)
     # Django's own apps (auth, sessions, admin, contenttypes) are central.
     if model._meta.app_label in {"auth", "contenttypes", "sessions", "admin", "messages"}:
         return DataHome.CENTRAL

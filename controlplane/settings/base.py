@@ -42,6 +42,7 @@ MIDDLEWARE = [
     "controlplane.core.middleware.RequestIdMiddleware",
     "controlplane.core.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -79,6 +80,7 @@ def _database(url: str) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(f"cannot parse database URL: {exc}") from exc
     if config["ENGINE"] == "django.db.backends.sqlite3":
+        Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
         config["CONN_MAX_AGE"] = 0
         config["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     return config
@@ -182,6 +184,11 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_BODY_BYTES", 1_048_576, minimum=1024)
 MAX_BODY_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE
 
@@ -209,7 +216,12 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "RegionStatusEnum": "controlplane.fleet.models.Region.Status",
+        "HostStatusEnum": "controlplane.fleet.models.Host.Status",
+        "CatalogModelStatusEnum": "controlplane.fleet.models.CatalogModel.Status",
+        "DeploymentStatusEnum": "controlplane.fleet.models.Deployment.Status",
+    },
 }
 
 

@@ -44,6 +44,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(error_body("permission_denied", "Permission denied."), status=status.HTTP_403_FORBIDDEN)
     if isinstance(exc, exceptions.APIException):
         code = next((c for klass, c in _DRF_CODES.items() if isinstance(exc, klass)), "error")
+        # An exception raised with its own code (`AuthenticationFailed(..., code="key_revoked")`)
+        # keeps that code; the table above only names DRF's defaults.
+        own_code = getattr(exc.detail, "code", None)
+        if isinstance(own_code, str) and own_code != exc.default_code:
+            code = own_code
         if isinstance(exc, exceptions.ValidationError):
             response = Response(
                 error_body(code, "The request is not valid; see details.", exc.detail), status=exc.status_code

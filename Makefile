@@ -1,0 +1,34 @@
+# Two commands matter: `make run` and `make test`. Both install what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench setup services lint types imports schema schema-update pytest clean
+
+$(STAMP): pyproject.toml
+	@echo "==> setting up the virtual environment"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	@$(PY) scripts/redis_ensure.py
+	@$(PY) scripts/run.py
+
+test:
+	@bash scripts/test.sh
+
+bench: $(STAMP)
+	@$(PY) bench/run.py
+
+schema-update: $(STAMP)
+	@DJANGO_SETTINGS_MODULE=controlplane.settings.test $(PY) manage.py spectacular --validate --fail-on-warn --file docs/openapi.yaml
+	@echo "docs/openapi.yaml regenerated"
+
+clean:
+	rm -rf var .mypy_cache .ruff_cache .pytest_cache

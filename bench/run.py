@@ -1,0 +1,36 @@
+"""`make bench`: every benchmark, each printing our figure next to its anchor's, measured in the same run.
+
+`--tiny` runs each once at a tiny size, to prove it works (used by `make test`; figures meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings.base")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tiny", action="store_true", help="one tiny run of each benchmark")
+    args = parser.parse_args()
+
+    import django
+
+    django.setup()
+    from bench import auth_keys
+
+    results = [auth_keys.run(tiny=args.tiny)]
+    print()
+    print(f"{'benchmark':<34} {'ours':>14} {'anchor':>14} {'ratio':>8}")
+    for result in results:
+        print(f"{result.name:<34} {result.ours:>14,.0f} {result.anchor:>14,.0f} {result.ratio:>7.1f}x  ({result.unit})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

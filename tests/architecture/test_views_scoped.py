@@ -1,0 +1,52 @@
+"""Every API view derives from one of the scoped bases; organisation routes only from the org base."""
+
+from __future__ import annotations
+
+from rest_framework.views import APIView
+
+from controlplane.core.api.views import GlobalReadAPIView, OperatorAPIView
+from tenants.api.base import OrgScopedAPIView
+from tests.routes import all_routes, api_routes
+
+BASES = {"org": OrgScopedAPIView, "global": GlobalReadAPIView, "operator": OperatorAPIView}
+# Routes that are not about any organisation's objects: account and session endpoints, the caller's
+# own organisations. They must declare it with `scope_kind`.
+UNSCOPED_KINDS = {"public", "user"}
+NON_API_VIEWS = {"healthz", "readyz", "metrics", "schema", "api-docs"}
+
+
+def test_every_api_view_uses_a_scoped_or_explicitly_global_base() -> None:
+    routes = api_routes()
+    assert len(routes) >= 20
+    for route in routes:
+        view = route.view_class
+        assert view is not None and issubclass(view, APIView), route
+        kind = getattr(view, "scope_kind", None)
+        assert kind in {*BASES, *UNSCOPED_KINDS}, f"{route.pattern}: {view.__name__} declares no scope_kind"
+        if kind in BASES:
+            assert issubclass(view, BASES[kind]), f"{route.pattern}: scope_kind {kind} without its base"
+        if "<slug:org>" in route.pattern or "<str:org>" in route.pattern or "<org>" in route.pattern:
+            assert kind in {"org", "operator"}, f"{route.pattern} names an organisation but is {kind}"
+        if route.pattern.startswith("api/v1/ops/"):
+            assert kind == "operator", route.pattern
+        if route.pattern.startswith("api/v1/orgs/<"):
+            assert kind == "org", route.pattern
+
+
+def test_non_api_routes_are_known() -> None:
+    for route in all_routes():
+        if route.pattern.startswith(("api/v1/", "admin/")):
+            continue
+        assert route.name in NON_API_VIEWS, f"unexpected route outside the API and admin: {route.pattern}"
+
+
+def test_the_org_base_refuses_overrides() -> None:
+    for name in ("get_queryset", "get_object", "get_permissions"):
+        try:
+            type("Sneaky", (OrgScopedAPIView,), {name: lambda self: None})
+        except TypeError as exc:
+            assert name in str(exc)
+        else:
+            raise AssertionError(f"overriding {name} was accepted")
+    # Positive control: implementing the hook is accepted.
+    type("Fine", (OrgScopedAPIView,), {"scoped_queryset": lambda self: None})

@@ -1,0 +1,4 @@
+"""Task names, in one place; domain code enqueues by name, never by importing a task function."""
+
+HOST_HEALTH_SWEEP = "workers.host_health_sweep"
+REGION_PING = "workers.region_ping"

@@ -1,0 +1,71 @@
+"""Thin task adapters: load state by id, call one service."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+
+from workers import task_names
+from workers.base import project_task, worker_region
+
+logger = logging.getLogger("workers.tasks")
+_heartbeat: Any = None
+
+
+@project_task(name=task_names.REGION_PING, region_bound=True)
+def region_ping(*, region: str, token: str) -> str:
+    """Round trip through a region's queue: marks `ping:<token>` in the region's own Redis.
+
+    Used by operators and tests to prove a region's worker is consuming. Safe to retry: it sets
+    the same key to the same value.
+    """
+    client = redis.Redis.from_url(settings.REGION_REDIS_URLS[region])
+    client.set(f"ping:{token}", region, ex=300)
+    logger.info("region ping", extra={"region": region, "token": token})
+    return token
+
+
+@worker_ready.connect
+def _start_heartbeat(**_: Any) -> None:
+    global _heartbeat  # noqa: PLW0603  # one heartbeat thread per worker process
+    region = worker_region()
+    if region is None:
+        return
+    from workers.heartbeat import HeartbeatThread
+
+    _heartbeat = HeartbeatThread(region)
+    _heartbeat.beat_once()
+    _heartbeat.start()
+    logger.info("regional worker ready", extra={"region": region})
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+@project_task(name=task_names.HOST_HEALTH_SWEEP)
+def host_health_sweep() -> None:
+    """Beat, every minute: log live and silent hosts per region (silent = active, no fresh heartbeat).
+
+    Read-only, so safe to run any number of times.
+    """
+    from django.utils import timezone
+
+    from controlplane.fleet.models import Host
+    from controlplane.fleet.selectors import hosts_list, hosts_live
+
+    now = timezone.now()
+    live_ids = set(hosts_live(region_code=None, model_name=None, now=now).values_list("pk", flat=True))
+    per_region: dict[str, list[int]] = {}
+    for host in hosts_list(status=Host.Status.ACTIVE):
+        counts = per_region.setdefault(host.region.code, [0, 0])
+        counts[0 if host.pk in live_ids else 1] += 1
+    for region, (live, silent) in sorted(per_region.items()):
+        log = logger.warning if silent and not live else logger.info
+        log("host health", extra={"region": region, "live_hosts": live, "silent_hosts": silent})
