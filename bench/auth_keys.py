@@ -42,7 +42,8 @@ def run(*, tiny: bool) -> Result:
 
     def ours() -> None:
         parsed = key_parse(full_key)
-        assert parsed is not None and key_matches(parsed.full, stored_hmac)
+        assert parsed is not None
+        assert key_matches(parsed.full, stored_hmac)
 
     def anchor() -> None:
         assert hasher.verify(full_key, stored_argon)

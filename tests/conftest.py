@@ -36,16 +36,17 @@ def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> It
     with django_db_blocker.unblock():
         first = connections[template_alias]
         if first.vendor != "postgresql":
-            config = setup_databases(verbosity=0, interactive=False, aliases=set(settings.DATABASES))
+            config = setup_databases(verbosity=0, interactive=False, aliases=set(settings.DATABASES))  # type: ignore[arg-type]  # Django iterates a set of aliases; the stub says Mapping
         else:
             # Migrate the central store and one regional store; clone the rest from that one.
-            config = setup_databases(verbosity=0, interactive=False, aliases={"default", template_alias})
+            aliases = {"default", template_alias}
+            config = setup_databases(verbosity=0, interactive=False, aliases=aliases)  # type: ignore[arg-type]  # Django iterates a set of aliases; the stub says Mapping
             template_name = first.settings_dict["NAME"]
             first.close()
             with _admin_connection(first.settings_dict) as admin:
                 for alias in clones:
                     conn = connections[alias]
-                    test_name = conn.creation._get_test_db_name()
+                    test_name = conn.creation._get_test_db_name()  # type: ignore[attr-defined]  # the name Django would give it
                     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(test_name)))
                     admin.execute(
                         sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
@@ -80,9 +81,8 @@ def _allowed() -> dict[str, str]:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped or hasattr(report, "wasxfail"):
-        if report.nodeid not in _allowed():
-            _unlisted.append(report.nodeid)
+    if (report.skipped or hasattr(report, "wasxfail")) and report.nodeid not in _allowed():
+        _unlisted.append(report.nodeid)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -21,7 +21,7 @@ logger = logging.getLogger("workers.heartbeat")
 
 def served_host_ids(region: str) -> list[int]:
     """`HOST_IDS` (comma-separated ids or names) or, by default, the region's non-down hosts."""
-    wanted = Env().list("HOST_IDS", [])
+    wanted = Env().strings("HOST_IDS", [])
     hosts = Host.objects.filter(region__code=region).exclude(status=Host.Status.DOWN)
     if wanted:
         ids = [int(item) for item in wanted if item.isdigit()]

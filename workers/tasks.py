@@ -29,9 +29,8 @@ def region_ping(*, region: str, token: str) -> str:
     return token
 
 
-@worker_ready.connect
 def _start_heartbeat(**_: Any) -> None:
-    global _heartbeat  # noqa: PLW0603  # one heartbeat thread per worker process
+    global _heartbeat  # one heartbeat thread per worker process
     region = worker_region()
     if region is None:
         return
@@ -43,10 +42,13 @@ def _start_heartbeat(**_: Any) -> None:
     logger.info("regional worker ready", extra={"region": region})
 
 
-@worker_shutdown.connect
 def _stop_heartbeat(**_: Any) -> None:
     if _heartbeat is not None:
         _heartbeat.stop()
+
+
+worker_ready.connect(_start_heartbeat, weak=False)
+worker_shutdown.connect(_stop_heartbeat, weak=False)
 
 
 @project_task(name=task_names.HOST_HEALTH_SWEEP)

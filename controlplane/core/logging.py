@@ -47,7 +47,7 @@ def install_request_id_record_factory() -> None:
         return
 
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
-        record = previous(*args, **kwargs)  # type: ignore[arg-type]  # forwarded verbatim to the stdlib factory
+        record = previous(*args, **kwargs)
         record.request_id = current_request_id.get()
         return record
 

@@ -47,7 +47,8 @@ class RegionalQuerySet(models.QuerySet[Any]):
             expected = region_db_alias(obj.region)
             if self.db != expected:
                 raise ResidencyViolation(
-                    f"{type(obj).__name__} of region {obj.region!r} may only be written to {expected!r}, not {self.db!r}"
+                    f"{type(obj).__name__} of region {obj.region!r} may only be written to "
+                    f"{expected!r}, not {self.db!r}"
                 )
         return super().bulk_create(objs, *args, **kwargs)
 
@@ -78,7 +79,9 @@ class RegionalModel(models.Model):
 class AuditEvent(CentralModel):
     """Who did what to which object, written by services inside the same transaction (I6)."""
 
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     actor_label = models.CharField(max_length=200, help_text="user email, api key id or 'system'")
     organization = models.ForeignKey(
         "tenants.Organization", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
@@ -94,7 +97,8 @@ class AuditEvent(CentralModel):
 
     class Meta:
         ordering = ("-created_at", "-id")
-        indexes = [models.Index(fields=["organization", "-created_at"])]
+        indexes = (models.Index(fields=["organization", "-created_at"]),)
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.target_type}:{self.target_id}"
+        when = f"{self.created_at:%Y-%m-%d %H:%M:%S}"
+        return f"{when} {self.actor_label} {self.action} {self.target_type}:{self.target_id}"

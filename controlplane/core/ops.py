@@ -21,7 +21,7 @@ def _check_database(alias: str) -> str | None:
     try:
         with connections[alias].cursor() as cursor:
             cursor.execute("SELECT 1")
-    except Exception as exc:  # noqa: BLE001  # readiness reports any failure instead of raising
+    except Exception as exc:  # readiness reports any failure instead of raising
         return f"{type(exc).__name__}"
     return None
 

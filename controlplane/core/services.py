@@ -35,7 +35,7 @@ def audit_record(
 ) -> AuditEvent:
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction of the change it records")
-    return AuditEvent.objects.unscoped_all_orgs().create(
+    event: AuditEvent = AuditEvent.objects.unscoped_all_orgs().create(
         actor_id=actor.user_id,
         actor_label=actor.label[:200],
         organization_id=organization_id,
@@ -46,3 +46,4 @@ def audit_record(
         ip_address=actor.ip_address,
         request_id=current_request_id.get(),
     )
+    return event

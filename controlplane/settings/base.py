@@ -13,14 +13,14 @@ from controlplane.settings.env import ConfigError, Env
 env = Env()
 
 BASE_DIR = Path(__file__).resolve().parents[2]
-DATA_DIR = Path(env.str("DATA_DIR", str(BASE_DIR / "var")))
+DATA_DIR = Path(env.string("DATA_DIR", str(BASE_DIR / "var")))
 
-DEBUG = env.bool("DEBUG", False)
-SECRET_KEY = env.str("SECRET_KEY", "insecure-development-secret-key-set-SECRET_KEY-in-production")
-API_KEY_PEPPER = env.str("API_KEY_PEPPER", "insecure-development-pepper-set-API_KEY_PEPPER-in-production")
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", ["http://localhost:8000", "http://127.0.0.1:8000"])
-PUBLIC_URL = env.str("PUBLIC_URL", "http://127.0.0.1:8000")
+DEBUG = env.boolean("DEBUG", False)
+SECRET_KEY = env.string("SECRET_KEY", "insecure-development-secret-key-set-SECRET_KEY-in-production")
+API_KEY_PEPPER = env.string("API_KEY_PEPPER", "insecure-development-pepper-set-API_KEY_PEPPER-in-production")
+ALLOWED_HOSTS = env.strings("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.strings("CSRF_TRUSTED_ORIGINS", ["http://localhost:8000", "http://127.0.0.1:8000"])
+PUBLIC_URL = env.string("PUBLIC_URL", "http://127.0.0.1:8000")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -87,7 +87,7 @@ def _database(url: str) -> dict[str, Any]:
 
 
 def _regional_database_url(code: str, central_url: str | None) -> str:
-    explicit = env.optional_str(f"REGION_{code.upper()}_DATABASE_URL")
+    explicit = env.optional_string(f"REGION_{code.upper()}_DATABASE_URL")
     if explicit is not None:
         return explicit
     if central_url is not None and central_url.startswith(("postgres://", "postgresql://")):
@@ -98,7 +98,7 @@ def _regional_database_url(code: str, central_url: str | None) -> str:
     return f"sqlite:///{DATA_DIR / 'db' / f'region_{code}.sqlite3'}"
 
 
-_central_url = env.optional_str("DATABASE_URL")
+_central_url = env.optional_string("DATABASE_URL")
 DATABASES: dict[str, dict[str, Any]] = {
     "default": _database(_central_url or f"sqlite:///{DATA_DIR / 'db' / 'central.sqlite3'}"),
 }
@@ -110,11 +110,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: central (broker, cache, quotas) and one logical store per region ---------------------
 
-REDIS_URL = env.str("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = env.string("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _regional_redis_url(code: str, index: int) -> str:
-    explicit = env.optional_str(f"REGION_{code.upper()}_REDIS_URL")
+    explicit = env.optional_string(f"REGION_{code.upper()}_REDIS_URL")
     if explicit is not None:
         return explicit
     base = REDIS_URL.split("?")[0].rstrip("/")
@@ -126,8 +126,8 @@ def _regional_redis_url(code: str, index: int) -> str:
 REGION_REDIS_URLS: dict[str, str] = {
     code: _regional_redis_url(code, index) for index, code in enumerate(REGION_CODES, start=1)
 }
-REGION = env.optional_str("REGION")
-RUN_REGIONS = env.list("RUN_REGIONS", ["sin", "dxb", "fra"])
+REGION = env.optional_string("REGION")
+RUN_REGIONS = env.strings("RUN_REGIONS", ["sin", "dxb", "fra"])
 for _run_region in [*RUN_REGIONS, *([REGION] if REGION else [])]:
     if _run_region not in REGION_CODES:
         raise ConfigError(f"unknown region code {_run_region!r}; known: {', '.join(REGION_CODES)}")
@@ -141,15 +141,15 @@ CACHES = {
     }
 }
 
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_BROKER_URL = env.string("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND: str | None = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "central"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
-HOST_HEARTBEAT_INTERVAL_S = env.int("HOST_HEARTBEAT_INTERVAL_S", 15, minimum=1)
-HOST_HEARTBEAT_STALE_S = env.int("HOST_HEARTBEAT_STALE_S", 60, minimum=5)
+HOST_HEARTBEAT_INTERVAL_S = env.integer("HOST_HEARTBEAT_INTERVAL_S", 15, minimum=1)
+HOST_HEARTBEAT_STALE_S = env.integer("HOST_HEARTBEAT_STALE_S", 60, minimum=5)
 
 
 # --- Authentication ----------------------------------------------------------------------------
@@ -165,18 +165,18 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
-LOGIN_FAILURE_WINDOW_S = env.int("LOGIN_FAILURE_WINDOW_S", 900, minimum=1)
-API_KEY_ROTATION_OVERLAP_S = env.int("API_KEY_ROTATION_OVERLAP_S", 86400, minimum=0)
+LOGIN_FAILURE_LIMIT = env.integer("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_FAILURE_WINDOW_S = env.integer("LOGIN_FAILURE_WINDOW_S", 900, minimum=1)
+API_KEY_ROTATION_OVERLAP_S = env.integer("API_KEY_ROTATION_OVERLAP_S", 86400, minimum=0)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
-SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", False)
-CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", False)
+SESSION_COOKIE_SECURE = env.boolean("SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = env.boolean("SECURE_COOKIES", False)
 
-EMAIL_BACKEND = env.str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
-DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", "no-reply@sovereign-cloud.invalid")
-PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT", 3600, minimum=60)
+EMAIL_BACKEND = env.string("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env.string("DEFAULT_FROM_EMAIL", "no-reply@sovereign-cloud.invalid")
+PASSWORD_RESET_TIMEOUT = env.integer("PASSWORD_RESET_TIMEOUT", 3600, minimum=60)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -189,7 +189,7 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_BODY_BYTES", 1_048_576, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("MAX_BODY_BYTES", 1_048_576, minimum=1024)
 MAX_BODY_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE
 
 
@@ -227,7 +227,7 @@ SPECTACULAR_SETTINGS = {
 
 # --- Logging: structured JSON with the request id, never content ---------------------------------
 
-LOG_LEVEL = env.str("LOG_LEVEL", "INFO")
+LOG_LEVEL = env.string("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

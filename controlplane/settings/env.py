@@ -14,15 +14,15 @@ class Env:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
 
-    def str(self, name: str, default: str) -> str:
+    def string(self, name: str, default: str) -> str:
         value = self._environ.get(name)
         return default if value is None or value == "" else value
 
-    def optional_str(self, name: str) -> str | None:
+    def optional_string(self, name: str) -> str | None:
         value = self._environ.get(name)
         return None if value is None or value == "" else value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def boolean(self, name: str, default: bool) -> bool:
         value = self._environ.get(name)
         if value is None or value == "":
             return default
@@ -33,7 +33,7 @@ class Env:
             return False
         raise ConfigError(f"{name}={value!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
 
-    def int(self, name: str, default: int, *, minimum: int | None = None) -> int:
+    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
         value = self._environ.get(name)
         if value is None or value == "":
             return default
@@ -45,7 +45,7 @@ class Env:
             raise ConfigError(f"{name}={parsed} is below the minimum {minimum}")
         return parsed
 
-    def list(self, name: str, default: list[str]) -> list[str]:
+    def strings(self, name: str, default: list[str]) -> list[str]:
         value = self._environ.get(name)
         if value is None or value.strip() == "":
             return list(default)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from rest_framework.views import APIView
 
 from controlplane.core.api.views import GlobalReadAPIView, OperatorAPIView
@@ -20,7 +21,8 @@ def test_every_api_view_uses_a_scoped_or_explicitly_global_base() -> None:
     assert len(routes) >= 20
     for route in routes:
         view = route.view_class
-        assert view is not None and issubclass(view, APIView), route
+        assert view is not None, route
+        assert issubclass(view, APIView), route
         kind = getattr(view, "scope_kind", None)
         assert kind in {*BASES, *UNSCOPED_KINDS}, f"{route.pattern}: {view.__name__} declares no scope_kind"
         if kind in BASES:
@@ -42,11 +44,7 @@ def test_non_api_routes_are_known() -> None:
 
 def test_the_org_base_refuses_overrides() -> None:
     for name in ("get_queryset", "get_object", "get_permissions"):
-        try:
+        with pytest.raises(TypeError, match=name):
             type("Sneaky", (OrgScopedAPIView,), {name: lambda self: None})
-        except TypeError as exc:
-            assert name in str(exc)
-        else:
-            raise AssertionError(f"overriding {name} was accepted")
     # Positive control: implementing the hook is accepted.
     type("Fine", (OrgScopedAPIView,), {"scoped_queryset": lambda self: None})

@@ -55,8 +55,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             )
         else:
             response = Response(error_body(code, str(exc.detail)), status=exc.status_code)
-        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-            response["Retry-After"] = str(int(exc.wait) + 1)
+        wait = getattr(exc, "wait", None)
+        if isinstance(exc, exceptions.Throttled) and wait is not None:
+            response["Retry-After"] = str(int(wait) + 1)
         if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
             response["WWW-Authenticate"] = 'Bearer realm="api"'
         return response
