@@ -17,10 +17,10 @@ class FxRate(CentralModel):
 
     class Meta:
         ordering = ("currency", "-effective_from")
-        constraints = [
+        constraints = (
             models.UniqueConstraint(fields=["currency", "effective_from"], name="fx_unique_effective"),
             models.CheckConstraint(condition=models.Q(per_usd__gt=0), name="fx_positive"),
-        ]
+        )
 
     def __str__(self) -> str:
         return f"{self.currency} {self.per_usd}/USD from {self.effective_from:%Y-%m-%d}"
@@ -35,12 +35,12 @@ class TaxRate(CentralModel):
 
     class Meta:
         ordering = ("country", "-effective_from")
-        constraints = [
+        constraints = (
             models.UniqueConstraint(fields=["country", "effective_from"], name="tax_unique_effective"),
             models.CheckConstraint(
                 condition=models.Q(rate_percent__gte=0) & models.Q(rate_percent__lte=100), name="tax_in_range"
             ),
-        ]
+        )
 
     def __str__(self) -> str:
         return f"{self.country} {self.tax_name} {self.rate_percent}% from {self.effective_from}"

@@ -37,20 +37,29 @@ class AcceleratorClass(CentralModel):
     family = models.CharField(max_length=20, help_text="npu, nvidia or amd; residency policies may pin one")
     kind = models.CharField(max_length=80)
     int8_tops_dense = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    int8_tops_sparse = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
     fp8_tflops_dense = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
     fp16_tflops_dense = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    fp16_tflops_sparse = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
     bf16_tflops_dense = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    bf16_tflops_sparse = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
     memory_gb = models.DecimalField(max_digits=8, decimal_places=2, null=True, blank=True)
     on_chip_memory_mb = models.IntegerField(null=True, blank=True)
     memory_type = models.CharField(max_length=80, blank=True)
     memory_bandwidth_gbps = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
     tdp_watts = models.IntegerField(null=True, blank=True)
+    host_interface = models.CharField(max_length=80, blank=True)
+    process = models.CharField(max_length=120, blank=True)
     usd_per_gpu_hour = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True,
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
         help_text="reference on-demand price per accelerator-hour (the first published cloud price); null if none",
     )
     cloud_prices = models.JSONField(default=list, blank=True)
     llm_throughput = models.JSONField(default=list, blank=True)
+    other_benchmarks = models.JSONField(default=list, blank=True)
     notes = models.TextField(blank=True)
     sources = models.JSONField(default=list, blank=True)
 
@@ -106,6 +115,7 @@ class CatalogModel(CentralModel):
     supports_embeddings = models.BooleanField(default=True)
     embedding_dimensions = models.PositiveIntegerField(null=True, blank=True)
     source_url = models.URLField(blank=True)
+    notes = models.TextField(blank=True, help_text="where the facts come from and what is not recorded")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.AVAILABLE)
 
     class Meta:
@@ -132,7 +142,7 @@ class Deployment(CentralModel):
 
     class Meta:
         ordering = ("model__name", "host__name")
-        constraints = [models.UniqueConstraint(fields=["model", "host"], name="deployment_unique_model_host")]
+        constraints = (models.UniqueConstraint(fields=["model", "host"], name="deployment_unique_model_host"),)
 
     def __str__(self) -> str:
         return f"{self.model.name} on {self.host.name}"

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "controlplane.inference",
     "tenants",
     "billing",
+    "controlplane.demo",
 ]
 
 MIDDLEWARE = [
@@ -221,6 +222,10 @@ SPECTACULAR_SETTINGS = {
         "HostStatusEnum": "controlplane.fleet.models.Host.Status",
         "CatalogModelStatusEnum": "controlplane.fleet.models.CatalogModel.Status",
         "DeploymentStatusEnum": "controlplane.fleet.models.Deployment.Status",
+        "OrganizationStatusEnum": "tenants.models.Organization.Status",
+        "InvitationStatusEnum": "tenants.models.Invitation.Status",
+        "BillingCurrencyEnum": "tenants.models.BILLING_CURRENCIES",
+        "RegionCodeEnum": "controlplane.core.regions.REGION_CODES",
     },
 }
 
