@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from controlplane.core import ops
 
 urlpatterns = [
+    # The web console will be served here; until it exists the root leads to the API docs.
+    path("", RedirectView.as_view(url="/api/docs/", permanent=False), name="root"),
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.metrics, name="metrics"),

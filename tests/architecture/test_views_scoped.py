@@ -13,7 +13,7 @@ BASES = {"org": OrgScopedAPIView, "global": GlobalReadAPIView, "operator": Opera
 # Routes that are not about any organisation's objects: account and session endpoints, the caller's
 # own organisations. They must declare it with `scope_kind`.
 UNSCOPED_KINDS = {"public", "user"}
-NON_API_VIEWS = {"healthz", "readyz", "metrics", "schema", "api-docs"}
+NON_API_VIEWS = {"root", "healthz", "readyz", "metrics", "schema", "api-docs"}
 
 
 def test_every_api_view_uses_a_scoped_or_explicitly_global_base() -> None:

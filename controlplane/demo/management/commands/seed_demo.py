@@ -16,7 +16,7 @@ class Command(BaseCommand):
         summary = seed_demo()
         key_note = "new, saved to" if summary.api_key_created else "reused from"
         lines = [
-            f"Console:        {summary.url}/",
+            f"URL:            {summary.url}/ (API docs at /api/docs/)",
             f"Admin:          {summary.url}/admin/",
             f"Operator login: {OPERATOR_EMAIL} / {summary.password}",
             f"Customer login: {OWNER_EMAIL} / {summary.password} (owner of acme)",
