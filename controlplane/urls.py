@@ -22,3 +22,6 @@ urlpatterns = [
     path("api/v1/", include("tenants.api.urls")),
     path("api/v1/", include("billing.api.urls")),
 ]
+
+handler404 = "controlplane.core.ops.not_found"
+handler500 = "controlplane.core.ops.server_error"

@@ -30,7 +30,12 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
-            "request_id": getattr(record, "request_id", "") or current_request_id.get(),
+            "request_id": (
+                getattr(record, "request_id", "")
+                or current_request_id.get()
+                # django.request logs 4xx/5xx after the middleware has returned; its record carries the request.
+                or getattr(getattr(record, "request", None), "request_id", "")
+            ),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):

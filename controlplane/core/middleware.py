@@ -42,12 +42,19 @@ class RequestIdMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Refuse oversize bodies up front with a JSON 413, before anything parses them."""
+    """Refuse oversize bodies (413) and NUL characters in the path or query (400) up front,
+    with a JSON error, before anything parses them."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        query = request.META.get("QUERY_STRING", "")
+        if "\x00" in request.path or "%00" in query or "\x00" in query:
+            return JsonResponse(
+                {"error": {"code": "invalid_characters", "message": "NUL characters are not allowed in URLs."}},
+                status=400,
+            )
         length = request.META.get("CONTENT_LENGTH") or "0"
         try:
             size = int(length)

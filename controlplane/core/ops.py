@@ -55,3 +55,15 @@ def readyz(request: HttpRequest) -> HttpResponse:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Unmatched URLs answer in the API's JSON error shape, not an HTML page."""
+    return JsonResponse({"error": {"code": "not_found", "message": "No such route."}}, status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(
+        {"error": {"code": "internal_error", "message": "Something went wrong on our side; it has been logged."}},
+        status=500,
+    )

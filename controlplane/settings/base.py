@@ -203,7 +203,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["controlplane.core.api.parsers.StrictJSONParser"],
     "DEFAULT_PAGINATION_CLASS": "controlplane.core.api.pagination.CreatedCursorPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "controlplane.core.api.errors.exception_handler",
@@ -227,6 +227,10 @@ SPECTACULAR_SETTINGS = {
         "BillingCurrencyEnum": "tenants.models.BILLING_CURRENCIES",
         "RegionCodeEnum": "controlplane.core.regions.REGION_CODES",
     },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "controlplane.core.api.schema.add_error_responses",
+    ],
 }
 
 
