@@ -5,3 +5,7 @@ class TenantsConfig(AppConfig):
     name = "tenants"
     label = "tenants"
     verbose_name = "Tenants"
+
+    def ready(self) -> None:
+        # Registers the OpenAPI descriptions of our authentication classes with drf-spectacular.
+        from tenants.api import schema  # noqa: F401

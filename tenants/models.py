@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, ClassVar
 
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
@@ -12,6 +13,16 @@ from controlplane.core.models import CentralModel, DataHome, OrgOwnedModel
 from controlplane.core.regions import REGION_CODES
 
 BILLING_CURRENCIES = ("USD", "SGD", "IDR", "AED", "SAR", "EUR", "BRL", "CNY")
+
+
+# URLs name memberships and invitations by these random ids, never by sequential primary keys,
+# so that an id reveals nothing about how many rows exist and cannot be guessed.
+def membership_public_id() -> str:
+    return "mem_" + secrets.token_hex(10)
+
+
+def invitation_public_id() -> str:
+    return "inv_" + secrets.token_hex(10)
 
 
 class UserManager(BaseUserManager["User"]):
@@ -41,7 +52,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     email_verified = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
 
-    objects: ClassVar[UserManager] = UserManager()  # type: ignore[assignment]  # custom manager replaces the stub's
+    objects: ClassVar[UserManager] = UserManager()
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
@@ -89,12 +100,13 @@ class Role(models.TextChoices):
 
 
 class Membership(OrgOwnedModel):
+    public_id = models.CharField(max_length=32, unique=True, default=membership_public_id, editable=False)
     user = models.ForeignKey("tenants.User", on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices)
 
     class Meta:
         ordering = ("-created_at", "-id")
-        constraints = [models.UniqueConstraint(fields=["organization", "user"], name="membership_unique_user")]
+        constraints = (models.UniqueConstraint(fields=["organization", "user"], name="membership_unique_user"),)
 
     def __str__(self) -> str:
         return f"{self.user_id}@{self.organization_id}:{self.role}"
@@ -106,6 +118,7 @@ class Invitation(OrgOwnedModel):
         ACCEPTED = "accepted", "accepted"
         REVOKED = "revoked", "revoked"
 
+    public_id = models.CharField(max_length=32, unique=True, default=invitation_public_id, editable=False)
     email = models.EmailField()
     role = models.CharField(max_length=16, choices=Role.choices)
     token_hash = models.CharField(max_length=64, unique=True)
@@ -152,7 +165,7 @@ class ResidencyPolicy(OrgOwnedModel):
 
     class Meta:
         verbose_name_plural = "residency policies"
-        constraints = [models.UniqueConstraint(fields=["organization"], name="residency_one_per_org")]
+        constraints = (models.UniqueConstraint(fields=["organization"], name="residency_one_per_org"),)
 
     def __str__(self) -> str:
         return f"residency of {self.organization_id}"
@@ -167,7 +180,7 @@ class RegionalQuota(OrgOwnedModel):
 
     class Meta:
         ordering = ("region",)
-        constraints = [models.UniqueConstraint(fields=["organization", "region"], name="quota_unique_region")]
+        constraints = (models.UniqueConstraint(fields=["organization", "region"], name="quota_unique_region"),)
 
     def __str__(self) -> str:
         return f"quota {self.organization_id}/{self.region}"

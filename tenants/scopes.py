@@ -26,8 +26,16 @@ class Scope(StrEnum):
 
 ALL_SCOPES: frozenset[str] = frozenset(scope.value for scope in Scope)
 
-_READ = frozenset({Scope.ORG_READ, Scope.MEMBERS_READ, Scope.KEYS_READ, Scope.RESIDENCY_READ, Scope.QUOTAS_READ,
-                   Scope.USAGE_READ})
+_READ = frozenset(
+    {
+        Scope.ORG_READ,
+        Scope.MEMBERS_READ,
+        Scope.KEYS_READ,
+        Scope.RESIDENCY_READ,
+        Scope.QUOTAS_READ,
+        Scope.USAGE_READ,
+    }
+)
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     Role.OWNER: ALL_SCOPES,

@@ -18,7 +18,7 @@ from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from controlplane.core.errors import NotFound
+from controlplane.core.errors import NotFound, PermissionDenied
 from controlplane.core.scoping import scope_enter, scope_exit
 from controlplane.core.services import Actor
 from tenants.models import ApiKey, Membership, Organization
@@ -94,7 +94,9 @@ class OrgScopedAPIView(generics.GenericAPIView):  # type: ignore[type-arg]  # ge
             and not self.allowed_when_suspended
             and method not in {"GET", "HEAD"}
         ):
-            raise exceptions.PermissionDenied("The organisation is suspended; only reads are allowed.")
+            raise PermissionDenied(
+                "The organisation is suspended; only reads are allowed.", code="organization_suspended"
+            )
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         try:
