@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
@@ -211,3 +212,7 @@ class RegionalQuotaAdmin(OrgOwnedAdmin):
             concurrent_requests=obj.concurrent_requests,
             monthly_tokens=obj.monthly_tokens,
         )
+
+
+# Access is by organisation roles and the staff flag; Django's groups are not used, so not offered.
+admin.site.unregister(Group)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Field, QuerySet, URLField
 from django.forms import ModelForm
 from django.http import HttpRequest
 from django.utils import timezone
@@ -80,6 +80,10 @@ class AcceleratorClassAdmin(ReadOnlyAdmin):
 
 @admin.register(CatalogModel)
 class CatalogModelAdmin(ReadOnlyAdmin):
+    # Django 6 assumes https for scheme-less URLs; say so now rather than rely on the old default.
+    formfield_overrides: ClassVar[dict[type[Field[Any, Any]], dict[str, Any]]] = {
+        URLField: {"assume_scheme": "https"}
+    }
     list_display = (
         "name",
         "architecture",

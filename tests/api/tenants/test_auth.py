@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 
 
 def _token_from_mail(name: str) -> str:
-    match = re.search(rf"{name}=([^&\s]+)", mail.outbox[-1].body)
+    match = re.search(rf"{name}=([^&\s]+)", str(mail.outbox[-1].body))
     assert match is not None
     return match.group(1)
 
