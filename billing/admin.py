@@ -11,15 +11,8 @@ from django.http import HttpRequest
 
 from billing import services
 from billing.models import FxRate, TaxRate
+from controlplane.core.admin import admin_actor
 from controlplane.core.errors import DomainError
-from controlplane.core.services import Actor
-
-
-def request_actor(request: HttpRequest) -> Actor:
-    user = request.user
-    return Actor(
-        user_id=user.pk, label=getattr(user, "email", "") or str(user), ip_address=request.META.get("REMOTE_ADDR")
-    )
 
 
 class FxRateAddForm(forms.ModelForm):  # type: ignore[type-arg]  # django-stubs: generic, not subscriptable at runtime
@@ -79,7 +72,7 @@ class FxRateAdmin(AddOnlyAdmin):
 
     def save_model(self, request: HttpRequest, obj: FxRate, form: forms.ModelForm[FxRate], change: bool) -> None:
         saved = services.fx_rate_add(
-            actor=request_actor(request),
+            actor=admin_actor(request),
             currency=form.cleaned_data["currency"],
             per_usd=form.cleaned_data["per_usd"],
             effective_from=form.cleaned_data["effective_from"],
@@ -98,7 +91,7 @@ class TaxRateAdmin(AddOnlyAdmin):
 
     def save_model(self, request: HttpRequest, obj: TaxRate, form: forms.ModelForm[TaxRate], change: bool) -> None:
         saved = services.tax_rate_add(
-            actor=request_actor(request),
+            actor=admin_actor(request),
             country=form.cleaned_data["country"],
             tax_name=form.cleaned_data["tax_name"],
             rate_percent=form.cleaned_data["rate_percent"],

@@ -10,38 +10,11 @@ from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
+from controlplane.core.admin import ReadOnlyAdmin, admin_actor
 from controlplane.core.errors import Conflict
 from controlplane.core.scoping import org_scope
-from controlplane.core.services import Actor
 from tenants import services
 from tenants.models import ApiKey, Invitation, Membership, Organization, RegionalQuota, ResidencyPolicy, User
-
-
-def admin_actor(request: HttpRequest) -> Actor:
-    user = request.user
-    return Actor(
-        user_id=user.pk,
-        label=f"admin:{getattr(user, 'email', user.pk)}",
-        ip_address=request.META.get("REMOTE_ADDR") or None,
-    )
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic over each subclass's model
-    """Rows are changed by services (with their audit rows), never by editing them here."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        # Every shown field is read-only, so no form field (and no foreign-key choice query) is built.
-        hidden = set(self.exclude or ())
-        return [field.name for field in self.model._meta.fields if field.name not in hidden]
 
 
 class OrgOwnedAdmin(ReadOnlyAdmin):

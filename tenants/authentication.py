@@ -11,7 +11,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from tenants.keys import key_matches, key_parse
-from tenants.models import ApiKey, Organization, User
+from tenants.models import ApiKey, User
 
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -64,6 +64,3 @@ class CsrfSessionAuthentication(authentication.SessionAuthentication):
             user = user._wrapped
         return user, None
 
-
-def organization_is_active(organization: Organization) -> bool:
-    return organization.status == Organization.Status.ACTIVE

@@ -7,6 +7,7 @@ and the two client helpers are meant for every app's tests.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from rest_framework.test import APIClient
@@ -101,3 +102,19 @@ def key_client(secret: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client
+
+
+@dataclass(frozen=True)
+class Customer:
+    """A member who owns an organisation, with a full-scope API key."""
+
+    user: User
+    organization: Organization
+    api_key: str
+
+
+def make_customer(*, email: str | None = None, slug: str | None = None, owner: User | None = None) -> Customer:
+    user = owner or make_user(email=email)
+    organization = make_org(owner=user, slug=slug, name="Customer", billing_country="AE")
+    _, secret = make_api_key(organization, user, name="ci")
+    return Customer(user=user, organization=organization, api_key=secret)

@@ -18,11 +18,7 @@ from billing.api.serializers import (
 )
 from controlplane.core.api.pagination import CreatedCursorPagination
 from controlplane.core.api.views import OperatorAPIView
-from controlplane.core.services import Actor
-
-
-def _actor(request: Request) -> Actor:
-    return Actor(user_id=request.user.pk, label=str(request.user), ip_address=request.META.get("REMOTE_ADDR"))
+from controlplane.core.services import actor_of_request
 
 
 class OpsFxRateListView(OperatorAPIView):
@@ -49,7 +45,7 @@ class OpsFxRateListView(OperatorAPIView):
         payload = FxRateAddInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data: dict[str, Any] = payload.validated_data
-        fx_rate = services.fx_rate_add(actor=_actor(request), **data)
+        fx_rate = services.fx_rate_add(actor=actor_of_request(request), **data)
         return Response(FxRateOutputSerializer(fx_rate).data, status=status.HTTP_201_CREATED)
 
 
@@ -77,5 +73,5 @@ class OpsTaxRateListView(OperatorAPIView):
         payload = TaxRateAddInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data: dict[str, Any] = payload.validated_data
-        tax_rate = services.tax_rate_add(actor=_actor(request), **data)
+        tax_rate = services.tax_rate_add(actor=actor_of_request(request), **data)
         return Response(TaxRateOutputSerializer(tax_rate).data, status=status.HTTP_201_CREATED)

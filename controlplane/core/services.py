@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
+from django.http import HttpRequest
 
 from controlplane.core.logging import current_request_id
 from controlplane.core.models import AuditEvent
@@ -22,6 +23,20 @@ class Actor:
     @classmethod
     def system(cls, label: str = "system") -> Actor:
         return cls(user_id=None, label=label)
+
+
+def actor_of_request(request: HttpRequest, *, channel: str = "") -> Actor:
+    """The signed-in person behind an admin or operator request (never an API key).
+
+    `channel` ("admin") prefixes the audit label, so that the log tells panel actions from API ones.
+    """
+    user = request.user
+    label = str(getattr(user, "email", "") or user.pk)
+    return Actor(
+        user_id=user.pk,
+        label=f"{channel}:{label}" if channel else label,
+        ip_address=request.META.get("REMOTE_ADDR") or None,
+    )
 
 
 def audit_record(

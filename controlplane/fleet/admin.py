@@ -3,46 +3,26 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import Field, QuerySet, URLField
+from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 from django.utils import timezone
 
+from controlplane.core.admin import ReadOnlyAdmin, admin_actor
 from controlplane.core.errors import DomainError
-from controlplane.core.services import Actor
 from controlplane.fleet import services
 from controlplane.fleet.models import AcceleratorClass, CatalogModel, Deployment, Host, Region
-
-
-def request_actor(request: HttpRequest) -> Actor:
-    user = request.user
-    return Actor(
-        user_id=user.pk, label=getattr(user, "email", "") or str(user), ip_address=request.META.get("REMOTE_ADDR")
-    )
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic over each subclass's model
-    """Rows loaded from the project's data files: operators read them; syncs and services write them."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def _region_status_action(status: str) -> Any:
     @admin.action(description=f"Mark selected regions {status}")
     def action(modeladmin: RegionAdmin, request: HttpRequest, queryset: QuerySet[Region]) -> None:
         for region in queryset:
-            services.region_set_status(actor=request_actor(request), region=region, status=status)
+            services.region_set_status(actor=admin_actor(request), region=region, status=status)
         modeladmin.message_user(request, f"{queryset.count()} region(s) marked {status}.")
 
     action.__name__ = f"mark_{status}"
@@ -80,10 +60,6 @@ class AcceleratorClassAdmin(ReadOnlyAdmin):
 
 @admin.register(CatalogModel)
 class CatalogModelAdmin(ReadOnlyAdmin):
-    # Django 6 assumes https for scheme-less URLs; say so now rather than rely on the old default.
-    formfield_overrides: ClassVar[dict[type[Field[Any, Any]], dict[str, Any]]] = {
-        URLField: {"assume_scheme": "https"}
-    }
     list_display = (
         "name",
         "architecture",
@@ -112,7 +88,7 @@ def _host_status_action(status: str, description: str) -> Any:
 
 
 def _hosts_apply(modeladmin: HostAdmin, request: HttpRequest, queryset: QuerySet[Host], status: str) -> None:
-    actor = request_actor(request)
+    actor = admin_actor(request)
     done = 0
     for host in queryset:
         try:
@@ -184,7 +160,7 @@ class HostAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # django-stubs: ge
         ]
 
     def save_model(self, request: HttpRequest, obj: Host, form: ModelForm[Host], change: bool) -> None:
-        actor = request_actor(request)
+        actor = admin_actor(request)
         if change:
             saved = services.host_update(
                 actor=actor, host=obj, max_concurrent_requests=form.cleaned_data["max_concurrent_requests"]
@@ -210,7 +186,7 @@ def _deployment_status_action(status: str) -> Any:
     @admin.action(description=f"Mark selected deployments {status}")
     def action(modeladmin: DeploymentAdmin, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
         for deployment in queryset:
-            services.deployment_set_status(actor=request_actor(request), deployment=deployment, status=status)
+            services.deployment_set_status(actor=admin_actor(request), deployment=deployment, status=status)
         modeladmin.message_user(request, f"{queryset.count()} deployment(s) marked {status}.")
 
     action.__name__ = f"mark_{status}"
@@ -266,7 +242,7 @@ class DeploymentAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # django-stu
         if change:
             return
         saved = services.deployment_create(
-            actor=request_actor(request), model=form.cleaned_data["model"], host=form.cleaned_data["host"]
+            actor=admin_actor(request), model=form.cleaned_data["model"], host=form.cleaned_data["host"]
         )
         obj.pk = saved.pk
 

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 
 from controlplane.core.api.pagination import CodeCursorPagination, IdCursorPagination
 from controlplane.core.api.views import GlobalReadAPIView, OperatorAPIView
-from controlplane.core.services import Actor
+from controlplane.core.services import actor_of_request
 from controlplane.fleet import selectors, services
 from controlplane.fleet.api.serializers import (
     AcceleratorClassOutputSerializer,
@@ -39,10 +39,6 @@ class SlugCursorPagination(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
-
-
-def _actor(request: Request) -> Actor:
-    return Actor(user_id=request.user.pk, label=str(request.user), ip_address=request.META.get("REMOTE_ADDR"))
 
 
 def _path(name: str, description: str, kind: type = str) -> OpenApiParameter:
@@ -163,7 +159,7 @@ class OpsHostListView(OperatorAPIView):
         payload = HostCreateInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data: dict[str, Any] = payload.validated_data
-        host = services.host_create(actor=_actor(request), **data)
+        host = services.host_create(actor=actor_of_request(request), **data)
         return Response(HostOutputSerializer(host).data, status=status.HTTP_201_CREATED)
 
 
@@ -190,7 +186,7 @@ class OpsHostDetailView(OperatorAPIView):
         payload = HostUpdateInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data: dict[str, Any] = payload.validated_data
-        host = services.host_update(actor=_actor(request), host=selectors.host_get(host_id=host_id), **data)
+        host = services.host_update(actor=actor_of_request(request), host=selectors.host_get(host_id=host_id), **data)
         return Response(HostOutputSerializer(host).data)
 
 
@@ -205,7 +201,7 @@ class OpsHostDrainView(OperatorAPIView):
         tags=["ops"],
     )
     def post(self, request: Request, host_id: int) -> Response:
-        host: Host = services.host_drain(actor=_actor(request), host=selectors.host_get(host_id=host_id))
+        host: Host = services.host_drain(actor=actor_of_request(request), host=selectors.host_get(host_id=host_id))
         return Response(HostOutputSerializer(host).data)
 
 
@@ -233,5 +229,5 @@ class OpsDeploymentListView(OperatorAPIView):
         payload = DeploymentCreateInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data: dict[str, Any] = payload.validated_data
-        deployment = services.deployment_create(actor=_actor(request), model=data["model"], host=data["host"])
+        deployment = services.deployment_create(actor=actor_of_request(request), model=data["model"], host=data["host"])
         return Response(DeploymentOutputSerializer(deployment).data, status=status.HTTP_201_CREATED)

@@ -105,11 +105,11 @@ def test_tax_versions_by_date() -> None:
 
 @pytest.mark.django_db
 def test_ops_fx_api_adds_versions_for_staff_only(
-    operator: User, operator_client: APIClient, customer_client: APIClient, key_client: APIClient
+    operator: User, operator_client: APIClient, customer_client: APIClient, customer_key_client: APIClient
 ) -> None:
     body = {"currency": "SGD", "per_usd": "1.3456", "effective_from": "2026-02-01T00:00:00Z", "source": "MAS"}
     assert customer_client.post("/api/v1/ops/fx-rates", body, format="json").status_code == 403
-    assert key_client.post("/api/v1/ops/fx-rates", body, format="json").status_code == 403
+    assert customer_key_client.post("/api/v1/ops/fx-rates", body, format="json").status_code == 403
     assert FxRate.objects.count() == 0
 
     created = operator_client.post("/api/v1/ops/fx-rates", body, format="json")

@@ -13,7 +13,7 @@ from controlplane.core.services import Actor
 from controlplane.fleet import selectors, services
 from controlplane.fleet.models import Host
 from tenants.models import User
-from tests.api.fleet.people import customer_make
+from tests.factories import make_customer
 
 
 def _host(name: str = "sin-t4-09", region: str = "sin", slug: str = "nvidia-t4") -> Host:
@@ -51,20 +51,20 @@ def test_ops_routes_refuse_anonymous_customers_and_api_keys_but_serve_staff(
     synced: None,
     anonymous_client: APIClient,
     customer_client: APIClient,
-    key_client: APIClient,
+    customer_key_client: APIClient,
     operator_client: APIClient,
 ) -> None:
     host = _host()
     for method, path, body in _routes(host.pk):
         assert _call(anonymous_client, method, path, body) == 401, path
         assert _call(customer_client, method, path, body) == 403, path
-        assert _call(key_client, method, path, body) == 403, path
+        assert _call(customer_key_client, method, path, body) == 403, path
         assert _call(operator_client, method, path, body) == 200, path
 
 
 @pytest.mark.django_db
 def test_a_staff_users_api_key_is_not_an_operator(synced: None, operator: User) -> None:
-    staff_customer = customer_make(slug="staff-org", owner=operator)
+    staff_customer = make_customer(slug="staff-org", owner=operator)
     by_key = APIClient()
     by_key.credentials(HTTP_AUTHORIZATION=f"Bearer {staff_customer.api_key}")
     assert by_key.get("/api/v1/ops/hosts").status_code == 403

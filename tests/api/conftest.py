@@ -1,3 +1,5 @@
+"""Fixtures shared by the API tests: an operator, a customer member and clients for each."""
+
 from __future__ import annotations
 
 import pytest
@@ -5,7 +7,7 @@ from rest_framework.test import APIClient
 
 from controlplane.fleet import services as fleet_services
 from tenants.models import User
-from tests.api.fleet.people import Customer, customer_make, operator_make
+from tests.factories import Customer, make_customer, make_operator
 
 
 @pytest.fixture
@@ -17,12 +19,12 @@ def synced(db: None) -> None:
 
 @pytest.fixture
 def operator(db: None) -> User:
-    return operator_make()
+    return make_operator(email="ops@sovereign.test")
 
 
 @pytest.fixture
 def customer(db: None) -> Customer:
-    return customer_make()
+    return make_customer(email="dev@customer.test", slug="customer")
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def customer_client(customer: Customer) -> APIClient:
 
 
 @pytest.fixture
-def key_client(customer: Customer) -> APIClient:
+def customer_key_client(customer: Customer) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {customer.api_key}")
     return client
