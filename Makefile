@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench setup services lint types imports schema schema-update pytest clean
+.PHONY: run test bench setup native services lint types imports schema schema-update pytest clean
 
 $(STAMP): pyproject.toml
 	@echo "==> setting up the virtual environment"
@@ -19,14 +19,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-run: $(STAMP)
+# The C engine and its CPython extension (native/_engine*.so).
+native: $(STAMP)
+	@$(MAKE) --no-print-directory -C native PYTHON=$(abspath $(PY))
+
+run: $(STAMP) native
 	@$(PY) scripts/redis_ensure.py
 	@$(PY) scripts/run.py
 
 test:
 	@bash scripts/test.sh
 
-bench: $(STAMP)
+bench: $(STAMP) native
 	@$(PY) bench/run.py
 
 schema-update: $(STAMP)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,14 +23,18 @@ def main() -> int:
     import django
 
     django.setup()
-    from bench import auth_keys
+    from bench import auth_keys, engine
 
-    results = [auth_keys.run(tiny=args.tiny)]
-    print()
+    print("==> bench 1/2: API-key verification", flush=True)
+    result = auth_keys.run(tiny=args.tiny)
     print(f"{'benchmark':<34} {'ours':>14} {'anchor':>14} {'ratio':>8}")
-    for result in results:
-        print(f"{result.name:<34} {result.ours:>14,.0f} {result.anchor:>14,.0f} {result.ratio:>7.1f}x  ({result.unit})")
-    return 0
+    print(f"{result.name:<34} {result.ours:>14,.0f} {result.anchor:>14,.0f} {result.ratio:>7.1f}x  ({result.unit})")
+    print("==> bench 2/2: native engine against llama.cpp", flush=True)
+    # Its own process, so that its peak RSS is the engine's and not Argon2's buffers above.
+    engine_run = subprocess.run(  # noqa: S603  # our own benchmark script
+        [sys.executable, str(Path(engine.__file__)), *(["--tiny"] if args.tiny else [])], check=False
+    )
+    return engine_run.returncode
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ run_pytest() {
 }
 
 phase setup      make --no-print-directory setup
+phase native     make --no-print-directory native
+phase native-test make --no-print-directory -C native test PYTHON="$PWD/$PY"
+phase sanitize   make --no-print-directory -C native sanitize PYTHON="$PWD/$PY"
 phase services   services
 phase ruff       .venv/bin/ruff check .
 phase mypy       .venv/bin/mypy .

@@ -1,0 +1,67 @@
+/* internal.h: declarations shared by the engine's C files; never installed or included by users. */
+#ifndef SOV_INTERNAL_H
+#define SOV_INTERNAL_H
+
+#include "sov.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---------------------------------------------------------------------------------------
+ * Errors and logging (status.c)
+ * ------------------------------------------------------------------------------------- */
+
+/* Records a detail for sov_last_error() and returns status, so that callers can write
+ * `return sov_fail(SOV_ERR_FORMAT, "...", ...)`. */
+sov_status sov_fail(sov_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sov_log(sov_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---------------------------------------------------------------------------------------
+ * Numbers (tensor.c)
+ * ------------------------------------------------------------------------------------- */
+
+float sov_fp16_to_fp32(uint16_t h);
+float sov_bf16_to_fp32(uint16_t h);
+/* Block size (elements) and block bytes of a known type; 0 for unknown types. */
+uint32_t sov_type_block_elems(uint32_t type);
+uint32_t sov_type_block_bytes(uint32_t type);
+/* True when every scale or value of n elements is finite. */
+bool sov_tensor_all_finite(uint32_t type, const void *data, uint64_t n);
+
+/* Kernel sets, picked once per model. */
+typedef enum sov_isa { SOV_ISA_SCALAR = 0, SOV_ISA_AVX2 = 1, SOV_ISA_AVX512 = 2 } sov_isa;
+sov_isa sov_isa_detect(int force_scalar);
+const char *sov_isa_name(sov_isa isa);
+
+/* Activations quantised to 8 bits in blocks of 32, for the quantised weight types. */
+typedef struct sov_q8_block {
+    float d;            /* scale */
+    float s;            /* d * sum(q) */
+    int8_t q[32];
+} sov_q8_block;
+
+/* Y[t, r] = dot(W row r, X row t) for t < n_tok, r in [r0, r1). W is `rows` x `cols` of type
+ * wtype; X is float32 [n_tok, cols]; Xq the same rows quantised (NULL for float weights). */
+void sov_matmul_rows(sov_isa isa, uint32_t wtype, const void *w, uint64_t cols, int64_t r0, int64_t r1,
+                     const float *x, const sov_q8_block *xq, int64_t n_tok, float *y, int64_t ldy);
+void sov_quantize_row_q8(sov_isa isa, const float *x, sov_q8_block *out, uint64_t n);
+/* Float vector helpers for attention: dot(a, b) and y += alpha * x. */
+float sov_dot_f32(sov_isa isa, const float *a, const float *b, uint64_t n);
+void sov_axpy_f32(sov_isa isa, float alpha, const float *x, float *y, uint64_t n);
+/* Whether a weight type is multiplied against sov_q8_block activations. */
+bool sov_type_uses_q8(uint32_t type);
+
+/* ---------------------------------------------------------------------------------------
+ * Thread pool (threads.c)
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct sov_pool sov_pool;
+/* Runs fn(arg, i, n) for i in 0..n-1 on n threads (the caller is thread 0) and returns when all end. */
+typedef void (*sov_pool_fn)(void *arg, int thread_index, int n_threads);
+sov_status sov_pool_init(int n_threads, sov_pool **out);
+void sov_pool_free(sov_pool *pool);
+int sov_pool_size(const sov_pool *pool);
+void sov_pool_run(sov_pool *pool, sov_pool_fn fn, void *arg);
+
+#endif /* SOV_INTERNAL_H */

@@ -1,0 +1,607 @@
+/* tensor.c: tensor types (F32, F16, BF16, Q8_0, Q4_0, Q4_1), dequantisation, activation
+ * quantisation and the dot-product kernels, in portable C and in AVX2 / AVX-512 VNNI variants
+ * picked at run time (the build needs no -march). */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SOV_X86 1
+#endif
+
+/* ---------------------------------------------------------------------------------------
+ * Block layouts (GGUF's): 32 elements per block for the quantised types
+ * ------------------------------------------------------------------------------------- */
+
+#define QK 32
+
+typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;              /* x = (nibble - 8) * d */
+typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;           /* x = nibble * d + m */
+typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;                   /* x = q * d */
+/* In the nibble types byte j holds element j (low nibble) and element j + 16 (high nibble). */
+
+_Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
+_Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
+_Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
+
+/* ---------------------------------------------------------------------------------------
+ * Scalar conversions
+ * ------------------------------------------------------------------------------------- */
+
+static float bits_to_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+float sov_fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    if (exp == 0x1f) return bits_to_float(sign | 0x7f800000u | (man << 13));   /* inf, nan */
+    if (exp != 0) return bits_to_float(sign | ((exp + 112u) << 23) | (man << 13));
+    if (man == 0) return bits_to_float(sign);
+    /* subnormal: man * 2^-24, exact in float */
+    float v = (float)man * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+}
+
+float sov_bf16_to_fp32(uint16_t h) { return bits_to_float((uint32_t)h << 16); }
+
+static uint16_t load_u16(const void *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Type table
+ * ------------------------------------------------------------------------------------- */
+
+uint32_t sov_type_block_elems(uint32_t type) {
+    switch (type) {
+    case SOV_TYPE_F32: case SOV_TYPE_F16: case SOV_TYPE_BF16: return 1;
+    case SOV_TYPE_Q4_0: case SOV_TYPE_Q4_1: case SOV_TYPE_Q8_0: return QK;
+    default: return 0;
+    }
+}
+
+uint32_t sov_type_block_bytes(uint32_t type) {
+    switch (type) {
+    case SOV_TYPE_F32: return 4;
+    case SOV_TYPE_F16: case SOV_TYPE_BF16: return 2;
+    case SOV_TYPE_Q4_0: return sizeof(block_q4_0);
+    case SOV_TYPE_Q4_1: return sizeof(block_q4_1);
+    case SOV_TYPE_Q8_0: return sizeof(block_q8_0);
+    default: return 0;
+    }
+}
+
+const char *sov_tensor_type_name(uint32_t type) {
+    switch (type) {
+    case SOV_TYPE_F32: return "F32";
+    case SOV_TYPE_F16: return "F16";
+    case SOV_TYPE_BF16: return "BF16";
+    case SOV_TYPE_Q4_0: return "Q4_0";
+    case SOV_TYPE_Q4_1: return "Q4_1";
+    case SOV_TYPE_Q8_0: return "Q8_0";
+    default: return NULL;
+    }
+}
+
+sov_status sov_tensor_row_size(uint32_t type, uint64_t n, uint64_t *bytes) {
+    uint32_t be = sov_type_block_elems(type);
+    if (be == 0) return sov_fail(SOV_ERR_UNSUPPORTED, "tensor type %u", type);
+    if (n % be != 0) return sov_fail(SOV_ERR_INVALID_ARGUMENT, "%llu elements are not whole %s blocks", (unsigned long long)n, sov_tensor_type_name(type));
+    *bytes = n / be * sov_type_block_bytes(type);
+    return SOV_OK;
+}
+
+bool sov_type_uses_q8(uint32_t type) {
+    return type == SOV_TYPE_Q4_0 || type == SOV_TYPE_Q4_1 || type == SOV_TYPE_Q8_0;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Dequantisation (scalar: it is off the hot path, and this keeps it bit-identical to the
+ * reference, which multiplies and adds without fused multiply-add)
+ * ------------------------------------------------------------------------------------- */
+
+sov_status sov_tensor_dequantize(uint32_t type, const void *src, float *dst, uint64_t n) {
+    uint64_t bytes;
+    sov_status st = sov_tensor_row_size(type, n, &bytes);
+    if (st != SOV_OK) return st;
+    const uint8_t *p = src;
+    switch (type) {
+    case SOV_TYPE_F32: memcpy(dst, src, n * 4); break;
+    case SOV_TYPE_F16: for (uint64_t i = 0; i < n; i++) dst[i] = sov_fp16_to_fp32(load_u16(p + 2 * i)); break;
+    case SOV_TYPE_BF16: for (uint64_t i = 0; i < n; i++) dst[i] = sov_bf16_to_fp32(load_u16(p + 2 * i)); break;
+    case SOV_TYPE_Q4_0:
+        for (uint64_t b = 0; b < n / QK; b++) {
+            const block_q4_0 *blk = (const block_q4_0 *)(p + b * sizeof(block_q4_0));
+            float d = sov_fp16_to_fp32(load_u16(&blk->d));
+            for (int j = 0; j < QK / 2; j++) {
+                dst[b * QK + j] = (float)((blk->qs[j] & 0x0f) - 8) * d;
+                dst[b * QK + j + QK / 2] = (float)((blk->qs[j] >> 4) - 8) * d;
+            }
+        }
+        break;
+    case SOV_TYPE_Q4_1:
+        for (uint64_t b = 0; b < n / QK; b++) {
+            const block_q4_1 *blk = (const block_q4_1 *)(p + b * sizeof(block_q4_1));
+            float d = sov_fp16_to_fp32(load_u16(&blk->d)), m = sov_fp16_to_fp32(load_u16(&blk->m));
+            for (int j = 0; j < QK / 2; j++) {
+                float lo = d * (float)(blk->qs[j] & 0x0f), hi = d * (float)(blk->qs[j] >> 4);
+                dst[b * QK + j] = lo + m;
+                dst[b * QK + j + QK / 2] = hi + m;
+            }
+        }
+        break;
+    case SOV_TYPE_Q8_0:
+        for (uint64_t b = 0; b < n / QK; b++) {
+            const block_q8_0 *blk = (const block_q8_0 *)(p + b * sizeof(block_q8_0));
+            float d = sov_fp16_to_fp32(load_u16(&blk->d));
+            for (int j = 0; j < QK; j++) dst[b * QK + j] = d * (float)blk->qs[j];
+        }
+        break;
+    default: break;
+    }
+    return SOV_OK;
+}
+
+static bool fp16_finite(uint16_t h) { return ((h >> 10) & 0x1f) != 0x1f; }
+
+bool sov_tensor_all_finite(uint32_t type, const void *data, uint64_t n) {
+    const uint8_t *p = data;
+    switch (type) {
+    case SOV_TYPE_F32:
+        for (uint64_t i = 0; i < n; i++) {
+            float v;
+            memcpy(&v, p + 4 * i, 4);
+            if (!isfinite(v)) return false;
+        }
+        return true;
+    case SOV_TYPE_F16:
+        for (uint64_t i = 0; i < n; i++) if (!fp16_finite(load_u16(p + 2 * i))) return false;
+        return true;
+    case SOV_TYPE_BF16:
+        for (uint64_t i = 0; i < n; i++) if (((load_u16(p + 2 * i) >> 7) & 0xff) == 0xff) return false;
+        return true;
+    case SOV_TYPE_Q4_0: case SOV_TYPE_Q8_0: {
+        uint32_t bb = sov_type_block_bytes(type);
+        for (uint64_t b = 0; b < n / QK; b++) if (!fp16_finite(load_u16(p + b * bb))) return false;
+        return true;
+    }
+    case SOV_TYPE_Q4_1:
+        for (uint64_t b = 0; b < n / QK; b++) {
+            const uint8_t *blk = p + b * sizeof(block_q4_1);
+            if (!fp16_finite(load_u16(blk)) || !fp16_finite(load_u16(blk + 2))) return false;
+        }
+        return true;
+    default: return false;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Kernel selection
+ * ------------------------------------------------------------------------------------- */
+
+sov_isa sov_isa_detect(int force_scalar) {
+    if (force_scalar < 0) {
+        const char *env = getenv("NATIVE_FORCE_SCALAR");
+        force_scalar = env && env[0] && strcmp(env, "0") != 0;
+    }
+    if (force_scalar) return SOV_ISA_SCALAR;
+#ifdef SOV_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vnni"))
+            return SOV_ISA_AVX512;
+        return SOV_ISA_AVX2;
+    }
+#endif
+    return SOV_ISA_SCALAR;
+}
+
+const char *sov_isa_name(sov_isa isa) {
+    switch (isa) {
+    case SOV_ISA_AVX2: return "avx2";
+    case SOV_ISA_AVX512: return "avx512";
+    case SOV_ISA_SCALAR: return "scalar";
+    }
+    return "scalar";
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Activation quantisation: blocks of 32, scale amax/127, round half to even. The SIMD
+ * variant computes exactly the same numbers, so that only the accumulation order differs.
+ * ------------------------------------------------------------------------------------- */
+
+static void quantize_q8_scalar(const float *x, sov_q8_block *out, uint64_t n) {
+    for (uint64_t b = 0; b < n / QK; b++) {
+        const float *xb = x + b * QK;
+        float amax = 0.0f;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < QK; j++) {
+            int q = (int)nearbyintf(xb[j] * id);
+            out[b].q[j] = (int8_t)q;
+            sum += q;
+        }
+        out[b].d = d;
+        out[b].s = d * (float)sum;
+    }
+}
+
+#ifdef SOV_X86
+__attribute__((target("avx2,fma")))
+static void quantize_q8_avx2(const float *x, sov_q8_block *out, uint64_t n) {
+    const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+    for (uint64_t b = 0; b < n / QK; b++) {
+        const float *xb = x + b * QK;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign_mask, v0), _mm256_andnot_ps(sign_mask, v1)),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign_mask, v2), _mm256_andnot_ps(sign_mask, v3)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float d = _mm_cvtss_f32(m4) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_hadd_epi32(s4, s4);
+        s4 = _mm_hadd_epi32(s4, s4);
+        /* pack 32 int32 to int8; packs interleave 128-bit lanes, the permute restores order */
+        __m256i p01 = _mm256_packs_epi32(i0, i1), p23 = _mm256_packs_epi32(i2, i3);
+        __m256i p = _mm256_packs_epi16(p01, p23);
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)out[b].q, p);
+        out[b].d = d;
+        out[b].s = d * (float)_mm_cvtsi128_si32(s4);
+    }
+}
+#endif
+
+void sov_quantize_row_q8(sov_isa isa, const float *x, sov_q8_block *out, uint64_t n) {
+#ifdef SOV_X86
+    if (isa != SOV_ISA_SCALAR) {
+        quantize_q8_avx2(x, out, n);
+        return;
+    }
+#endif
+    (void)isa;
+    quantize_q8_scalar(x, out, n);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Dot products, portable. They keep eight lanes and fuse multiply-adds exactly as the SIMD
+ * kernels do, and sum the lanes in the same tree, so that every kernel set gives the same
+ * bits: 8-bit activation quantisation would otherwise amplify rounding differences.
+ * ------------------------------------------------------------------------------------- */
+
+static float hsum8(const float *l) {
+    float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
+    return (s0 + s2) + (s1 + s3);
+}
+
+static float dot_f32_scalar(const void *w, const float *x, uint64_t n) {
+    const float *a = w;
+    float acc0[8] = {0}, acc1[8] = {0};
+    uint64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        for (int l = 0; l < 8; l++) {
+            acc0[l] = fmaf(a[i + l], x[i + l], acc0[l]);
+            acc1[l] = fmaf(a[i + 8 + l], x[i + 8 + l], acc1[l]);
+        }
+    }
+    for (int l = 0; l < 8; l++) acc0[l] += acc1[l];
+    float acc = hsum8(acc0);
+    for (; i < n; i++) acc += a[i] * x[i];
+    return acc;
+}
+
+static float dot_f16_scalar(const void *w, const float *x, uint64_t n) {
+    const uint8_t *a = w;
+    float acc[8] = {0};
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(sov_fp16_to_fp32(load_u16(a + 2 * (i + l))), x[i + l], acc[l]);
+    float s = hsum8(acc);
+    for (; i < n; i++) s += sov_fp16_to_fp32(load_u16(a + 2 * i)) * x[i];
+    return s;
+}
+
+static float dot_bf16_scalar(const void *w, const float *x, uint64_t n) {
+    const uint8_t *a = w;
+    float acc[8] = {0};
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(sov_bf16_to_fp32(load_u16(a + 2 * (i + l))), x[i + l], acc[l]);
+    float s = hsum8(acc);
+    for (; i < n; i++) s += sov_bf16_to_fp32(load_u16(a + 2 * i)) * x[i];
+    return s;
+}
+
+/* Lane l of a block product sums elements 4l..4l+3 of the unpacked block (low nibbles first). */
+static void nibble_lanes(const uint8_t *qs, const int8_t *q, int32_t *lanes) {
+    for (int l = 0; l < 8; l++) {
+        int32_t sum = 0;
+        for (int k = 4 * l; k < 4 * l + 4; k++) {
+            int nib = k < 16 ? (qs[k] & 0x0f) : (qs[k - 16] >> 4);
+            sum += nib * q[k];
+        }
+        lanes[l] = sum;
+    }
+}
+
+static float dot_q4_0_scalar(const void *w, const sov_q8_block *x, uint64_t nb) {
+    const block_q4_0 *a = w;
+    float acc[8] = {0}, corr = 0.0f;
+    int32_t lanes[8];
+    for (uint64_t b = 0; b < nb; b++) {
+        nibble_lanes(a[b].qs, x[b].q, lanes);
+        float dw = sov_fp16_to_fp32(a[b].d), scale = dw * x[b].d;
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(scale, (float)lanes[l], acc[l]);
+        corr += dw * x[b].s;
+    }
+    return hsum8(acc) - 8.0f * corr;
+}
+
+static float dot_q4_1_scalar(const void *w, const sov_q8_block *x, uint64_t nb) {
+    const block_q4_1 *a = w;
+    float acc[8] = {0}, mins = 0.0f;
+    int32_t lanes[8];
+    for (uint64_t b = 0; b < nb; b++) {
+        nibble_lanes(a[b].qs, x[b].q, lanes);
+        float scale = sov_fp16_to_fp32(a[b].d) * x[b].d;
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(scale, (float)lanes[l], acc[l]);
+        mins += sov_fp16_to_fp32(a[b].m) * x[b].s;
+    }
+    return hsum8(acc) + mins;
+}
+
+static float dot_q8_0_scalar(const void *w, const sov_q8_block *x, uint64_t nb) {
+    const block_q8_0 *a = w;
+    float acc[8] = {0};
+    for (uint64_t b = 0; b < nb; b++) {
+        float scale = sov_fp16_to_fp32(a[b].d) * x[b].d;
+        for (int l = 0; l < 8; l++) {
+            int32_t sum = 0;
+            for (int k = 4 * l; k < 4 * l + 4; k++) sum += a[b].qs[k] * x[b].q[k];
+            acc[l] = fmaf(scale, (float)sum, acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Dot products, AVX2 + FMA (and AVX-512 VNNI for the integer products)
+ * ------------------------------------------------------------------------------------- */
+
+#ifdef SOV_X86
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+#define VNNI_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+
+AVX2_TARGET static inline float hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2_TARGET static float dot_f32_avx2(const void *w, const float *x, uint64_t n) {
+    const float *a = w;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    uint64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(x + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(x + i + 8), acc1);
+    }
+    float acc = hsum_avx2(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) acc += a[i] * x[i];
+    return acc;
+}
+
+AVX2_TARGET static float dot_f16_avx2(const void *w, const float *x, uint64_t n) {
+    const uint8_t *a = w;
+    __m256 acc = _mm256_setzero_ps();
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + 2 * i))), _mm256_loadu_ps(x + i), acc);
+    float s = hsum_avx2(acc);
+    for (; i < n; i++) s += sov_fp16_to_fp32(load_u16(a + 2 * i)) * x[i];
+    return s;
+}
+
+AVX2_TARGET static float dot_bf16_avx2(const void *w, const float *x, uint64_t n) {
+    const uint8_t *a = w;
+    __m256 acc = _mm256_setzero_ps();
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(a + 2 * i)));
+        acc = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(h, 16)), _mm256_loadu_ps(x + i), acc);
+    }
+    float s = hsum_avx2(acc);
+    for (; i < n; i++) s += sov_bf16_to_fp32(load_u16(a + 2 * i)) * x[i];
+    return s;
+}
+
+/* 32 nibbles of a block as bytes 0..15 in element order. */
+AVX2_TARGET static inline __m256i unpack_nibbles(const uint8_t *qs) {
+    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+}
+
+AVX2_TARGET static inline __m256i dot_u8s8_avx2(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+VNNI_TARGET static inline __m256i dot_u8s8_vnni(__m256i u, __m256i s) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+}
+
+#define DEFINE_Q_DOTS(SUFFIX, TARGET, DOT_U8S8)                                                                   \
+    TARGET static float dot_q4_0_##SUFFIX(const void *w, const sov_q8_block *x, uint64_t nb) {                     \
+        const block_q4_0 *a = w;                                                                                     \
+        __m256 acc = _mm256_setzero_ps();                                                                            \
+        float corr = 0.0f;                                                                                           \
+        for (uint64_t b = 0; b < nb; b++) {                                                                          \
+            __m256i p = DOT_U8S8(unpack_nibbles(a[b].qs), _mm256_loadu_si256((const __m256i *)x[b].q));            \
+            float dw = _cvtsh_ss(a[b].d);                                                                            \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * x[b].d), _mm256_cvtepi32_ps(p), acc);                         \
+            corr += dw * x[b].s;                                                                                     \
+        }                                                                                                            \
+        return hsum_avx2(acc) - 8.0f * corr;                                                                         \
+    }                                                                                                                \
+    TARGET static float dot_q4_1_##SUFFIX(const void *w, const sov_q8_block *x, uint64_t nb) {                     \
+        const block_q4_1 *a = w;                                                                                     \
+        __m256 acc = _mm256_setzero_ps();                                                                            \
+        float mins = 0.0f;                                                                                           \
+        for (uint64_t b = 0; b < nb; b++) {                                                                          \
+            __m256i p = DOT_U8S8(unpack_nibbles(a[b].qs), _mm256_loadu_si256((const __m256i *)x[b].q));            \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(a[b].d) * x[b].d), _mm256_cvtepi32_ps(p), acc);          \
+            mins += _cvtsh_ss(a[b].m) * x[b].s;                                                                      \
+        }                                                                                                            \
+        return hsum_avx2(acc) + mins;                                                                                \
+    }                                                                                                                \
+    TARGET static float dot_q8_0_##SUFFIX(const void *w, const sov_q8_block *x, uint64_t nb) {                     \
+        const block_q8_0 *a = w;                                                                                     \
+        __m256 acc = _mm256_setzero_ps();                                                                            \
+        for (uint64_t b = 0; b < nb; b++) {                                                                          \
+            __m256i wq = _mm256_loadu_si256((const __m256i *)a[b].qs);                                              \
+            __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].q);                                               \
+            __m256i p = DOT_U8S8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));                               \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(a[b].d) * x[b].d), _mm256_cvtepi32_ps(p), acc);          \
+        }                                                                                                            \
+        return hsum_avx2(acc);                                                                                       \
+    }
+
+DEFINE_Q_DOTS(avx2, AVX2_TARGET, dot_u8s8_avx2)
+DEFINE_Q_DOTS(vnni, VNNI_TARGET, dot_u8s8_vnni)
+#endif
+
+/* ---------------------------------------------------------------------------------------
+ * Float vector helpers
+ * ------------------------------------------------------------------------------------- */
+
+#ifdef SOV_X86
+AVX2_TARGET static void axpy_f32_avx2(float alpha, const float *x, float *y, uint64_t n) {
+    __m256 a = _mm256_set1_ps(alpha);
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += alpha * x[i];
+}
+#endif
+
+float sov_dot_f32(sov_isa isa, const float *a, const float *b, uint64_t n) {
+#ifdef SOV_X86
+    if (isa != SOV_ISA_SCALAR) return dot_f32_avx2(a, b, n);
+#endif
+    (void)isa;
+    return dot_f32_scalar(a, b, n);
+}
+
+void sov_axpy_f32(sov_isa isa, float alpha, const float *x, float *y, uint64_t n) {
+#ifdef SOV_X86
+    if (isa != SOV_ISA_SCALAR) {
+        axpy_f32_avx2(alpha, x, y, n);
+        return;
+    }
+#endif
+    (void)isa;
+    for (uint64_t i = 0; i < n; i++) y[i] = fmaf(alpha, x[i], y[i]);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Matrix multiplication over a range of weight rows
+ * ------------------------------------------------------------------------------------- */
+
+typedef float (*dot_float_fn)(const void *w, const float *x, uint64_t n);
+typedef float (*dot_q8_fn)(const void *w, const sov_q8_block *x, uint64_t nb);
+
+static dot_float_fn pick_float_dot(sov_isa isa, uint32_t type) {
+#ifdef SOV_X86
+    if (isa != SOV_ISA_SCALAR) {
+        switch (type) {
+        case SOV_TYPE_F32: return dot_f32_avx2;
+        case SOV_TYPE_F16: return dot_f16_avx2;
+        case SOV_TYPE_BF16: return dot_bf16_avx2;
+        default: return NULL;
+        }
+    }
+#endif
+    (void)isa;
+    switch (type) {
+    case SOV_TYPE_F32: return dot_f32_scalar;
+    case SOV_TYPE_F16: return dot_f16_scalar;
+    case SOV_TYPE_BF16: return dot_bf16_scalar;
+    default: return NULL;
+    }
+}
+
+static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
+#ifdef SOV_X86
+    if (isa == SOV_ISA_AVX512) {
+        switch (type) {
+        case SOV_TYPE_Q4_0: return dot_q4_0_vnni;
+        case SOV_TYPE_Q4_1: return dot_q4_1_vnni;
+        case SOV_TYPE_Q8_0: return dot_q8_0_vnni;
+        default: return NULL;
+        }
+    }
+    if (isa == SOV_ISA_AVX2) {
+        switch (type) {
+        case SOV_TYPE_Q4_0: return dot_q4_0_avx2;
+        case SOV_TYPE_Q4_1: return dot_q4_1_avx2;
+        case SOV_TYPE_Q8_0: return dot_q8_0_avx2;
+        default: return NULL;
+        }
+    }
+#endif
+    (void)isa;
+    switch (type) {
+    case SOV_TYPE_Q4_0: return dot_q4_0_scalar;
+    case SOV_TYPE_Q4_1: return dot_q4_1_scalar;
+    case SOV_TYPE_Q8_0: return dot_q8_0_scalar;
+    default: return NULL;
+    }
+}
+
+/* Tokens are taken in tiles so that a tile of activations stays in L1 while the weight rows
+ * of a range stream past it. */
+#define TOKEN_TILE 16
+
+void sov_matmul_rows(sov_isa isa, uint32_t wtype, const void *w, uint64_t cols, int64_t r0, int64_t r1,
+                     const float *x, const sov_q8_block *xq, int64_t n_tok, float *y, int64_t ldy) {
+    uint64_t row_bytes = cols / sov_type_block_elems(wtype) * sov_type_block_bytes(wtype);
+    const uint8_t *wb = w;
+    if (sov_type_uses_q8(wtype)) {
+        dot_q8_fn dot = pick_q8_dot(isa, wtype);
+        uint64_t nb = cols / QK;
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TOKEN_TILE) {
+            int64_t t1 = t0 + TOKEN_TILE < n_tok ? t0 + TOKEN_TILE : n_tok;
+            for (int64_t r = r0; r < r1; r++) {
+                const void *row = wb + (uint64_t)r * row_bytes;
+                for (int64_t t = t0; t < t1; t++) y[t * ldy + r] = dot(row, xq + (uint64_t)t * nb, nb);
+            }
+        }
+        return;
+    }
+    dot_float_fn dot = pick_float_dot(isa, wtype);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += TOKEN_TILE) {
+        int64_t t1 = t0 + TOKEN_TILE < n_tok ? t0 + TOKEN_TILE : n_tok;
+        for (int64_t r = r0; r < r1; r++) {
+            const void *row = wb + (uint64_t)r * row_bytes;
+            for (int64_t t = t0; t < t1; t++) y[t * ldy + r] = dot(row, x + (uint64_t)t * cols, cols);
+        }
+    }
+}

@@ -1,0 +1,423 @@
+/* test_sov.c: unit tests of the C engine, component by component (status, tensor types and
+ * kernels, GGUF parsing, the thread pool, a tiny model's decoding, sampling). */
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------------------------------
+ * A minimal test harness
+ * ------------------------------------------------------------------------------------- */
+
+static int failures, checks;
+
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        checks++;                                                                    \
+        if (!(cond)) {                                                               \
+            failures++;                                                              \
+            fprintf(stderr, "%s:%d: check failed: %s (%s)\n", __FILE__, __LINE__, #cond, sov_last_error()); \
+        }                                                                            \
+    } while (0)
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((double)(rng >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * A tiny GGUF writer (enough for tests: scalars, strings, arrays, tensors)
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct buf {
+    uint8_t *data;
+    size_t size, cap;
+} buf;
+
+static void put(buf *b, const void *p, size_t n) {
+    if (b->size + n > b->cap) {
+        b->cap = (b->size + n) * 2;
+        b->data = realloc(b->data, b->cap);
+    }
+    memcpy(b->data + b->size, p, n);
+    b->size += n;
+}
+static void put_u32(buf *b, uint32_t v) { put(b, &v, 4); }
+static void put_u64(buf *b, uint64_t v) { put(b, &v, 8); }
+static void put_str(buf *b, const char *s) {
+    put_u64(b, strlen(s));
+    put(b, s, strlen(s));
+}
+static void kv_u32(buf *b, const char *k, uint32_t v) {
+    put_str(b, k);
+    put_u32(b, SOV_GGUF_UINT32);
+    put_u32(b, v);
+}
+static void kv_f32(buf *b, const char *k, float v) {
+    put_str(b, k);
+    put_u32(b, SOV_GGUF_FLOAT32);
+    put(b, &v, 4);
+}
+static void kv_str(buf *b, const char *k, const char *v) {
+    put_str(b, k);
+    put_u32(b, SOV_GGUF_STRING);
+    put_str(b, v);
+}
+
+typedef struct tensor_spec {
+    char name[64];
+    uint64_t cols, rows; /* rows 0: a vector */
+    float *values;
+} tensor_spec;
+
+/* Writes header, metadata (already in kv), tensor infos and F32 data to a buffer. */
+static buf gguf_build(const buf *kv, uint64_t n_kv, const tensor_spec *t, uint64_t n_t) {
+    buf b = {0};
+    put_u32(&b, 0x46554747u);
+    put_u32(&b, 3);
+    put_u64(&b, n_t);
+    put_u64(&b, n_kv);
+    put(&b, kv->data, kv->size);
+    uint64_t offset = 0;
+    for (uint64_t i = 0; i < n_t; i++) {
+        put_str(&b, t[i].name);
+        put_u32(&b, t[i].rows ? 2 : 1);
+        put_u64(&b, t[i].cols);
+        if (t[i].rows) put_u64(&b, t[i].rows);
+        put_u32(&b, SOV_TYPE_F32);
+        put_u64(&b, offset);
+        offset += (t[i].cols * (t[i].rows ? t[i].rows : 1) * 4 + 31) / 32 * 32;
+    }
+    while (b.size % 32) put(&b, "", 1);
+    for (uint64_t i = 0; i < n_t; i++) {
+        uint64_t n = t[i].cols * (t[i].rows ? t[i].rows : 1);
+        put(&b, t[i].values, n * 4);
+        while (b.size % 32) put(&b, "", 1);
+    }
+    return b;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Status and tensor types
+ * ------------------------------------------------------------------------------------- */
+
+static void test_status(void) {
+    CHECK(strcmp(sov_status_message(SOV_OK), "ok") == 0);
+    CHECK(strlen(sov_status_message(SOV_ERR_CONTEXT_FULL)) > 0);
+    CHECK(sov_fail(SOV_ERR_FORMAT, "detail %d", 7) == SOV_ERR_FORMAT);
+    CHECK(strcmp(sov_last_error(), "detail 7") == 0);
+}
+
+static void test_fp16(void) {
+    CHECK(sov_fp16_to_fp32(0x3c00) == 1.0f);
+    CHECK(sov_fp16_to_fp32(0xc000) == -2.0f);
+    CHECK(sov_fp16_to_fp32(0x0001) == 5.9604644775390625e-8f);
+    CHECK(isinf(sov_fp16_to_fp32(0x7c00)));
+    CHECK(isnan(sov_fp16_to_fp32(0x7e00)));
+    CHECK(sov_bf16_to_fp32(0x3f80) == 1.0f);
+}
+
+static void test_dequantize(void) {
+    /* Q4_1: d = 0.5, m = -1, nibbles 0..15 then 15..0 */
+    uint8_t q41[20];
+    uint16_t d = 0x3800, m = 0xbc00;
+    memcpy(q41, &d, 2);
+    memcpy(q41 + 2, &m, 2);
+    for (int j = 0; j < 16; j++) q41[4 + j] = (uint8_t)(j | ((15 - j) << 4));
+    float out[32];
+    CHECK(sov_tensor_dequantize(SOV_TYPE_Q4_1, q41, out, 32) == SOV_OK);
+    CHECK(out[0] == -1.0f && out[15] == 6.5f && out[16] == 6.5f && out[31] == -1.0f);
+    /* Q4_0: d = 2, nibble 8 is zero */
+    uint8_t q40[18];
+    uint16_t two = 0x4000;
+    memcpy(q40, &two, 2);
+    memset(q40 + 2, 0x98, 16);
+    CHECK(sov_tensor_dequantize(SOV_TYPE_Q4_0, q40, out, 32) == SOV_OK);
+    CHECK(out[0] == 0.0f && out[16] == 2.0f);
+    uint64_t bytes;
+    CHECK(sov_tensor_row_size(SOV_TYPE_Q8_0, 64, &bytes) == SOV_OK && bytes == 68);
+    CHECK(sov_tensor_row_size(SOV_TYPE_Q8_0, 33, &bytes) == SOV_ERR_INVALID_ARGUMENT);
+    CHECK(sov_tensor_row_size(99, 32, &bytes) == SOV_ERR_UNSUPPORTED);
+}
+
+/* Every kernel set gives the same products within a small tolerance. */
+static void test_kernels_agree(void) {
+    enum { COLS = 256, ROWS = 8, TOK = 3 };
+    static const uint32_t types[] = {SOV_TYPE_F32, SOV_TYPE_F16, SOV_TYPE_BF16, SOV_TYPE_Q4_0, SOV_TYPE_Q4_1, SOV_TYPE_Q8_0};
+    float x[TOK * COLS];
+    for (int i = 0; i < TOK * COLS; i++) x[i] = frand();
+    uint8_t w[ROWS * COLS * 4];
+    sov_q8_block xq[TOK * COLS / 32];
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        uint32_t t = types[k];
+        uint64_t bytes;
+        sov_tensor_row_size(t, (uint64_t)ROWS * COLS, &bytes);
+        for (uint64_t i = 0; i < bytes; i++) w[i] = (uint8_t)(rng = rng * 6364136223846793005ull + 1442695040888963407ull) >> 0;
+        /* keep the fp16/bf16 scales and values finite and small */
+        if (t == SOV_TYPE_F32) for (int i = 0; i < ROWS * COLS; i++) ((float *)(void *)w)[i] = frand();
+        if (t == SOV_TYPE_F16 || t == SOV_TYPE_BF16) for (uint64_t i = 0; i < bytes; i += 2) w[i + 1] = t == SOV_TYPE_F16 ? 0x38 : 0x3e;
+        if (t == SOV_TYPE_Q4_0 || t == SOV_TYPE_Q4_1 || t == SOV_TYPE_Q8_0) {
+            uint32_t bb = sov_type_block_bytes(t);
+            for (uint64_t b = 0; b < bytes / bb; b++) {
+                w[b * bb + 1] = 0x20;
+                if (t == SOV_TYPE_Q4_1) w[b * bb + 3] = 0xa0;
+            }
+        }
+        float y[3][TOK * ROWS];
+        for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
+            sov_isa use = (sov_isa)isa;
+            if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
+            for (int tok = 0; tok < TOK; tok++) sov_quantize_row_q8(use, x + tok * COLS, xq + tok * (COLS / 32), COLS);
+            sov_matmul_rows(use, t, w, COLS, 0, ROWS, x, xq, TOK, y[isa], ROWS);
+        }
+        /* the float reference: dequantised weights times the float activations */
+        float ref[ROWS * COLS];
+        sov_tensor_dequantize(t, w, ref, (uint64_t)ROWS * COLS);
+        for (int tok = 0; tok < TOK; tok++) {
+            for (int r = 0; r < ROWS; r++) {
+                double exact = 0;
+                for (int c = 0; c < COLS; c++) exact += (double)ref[r * COLS + c] * x[tok * COLS + c];
+                float s = y[0][tok * ROWS + r];
+                CHECK(fabsf(s - y[1][tok * ROWS + r]) <= 1e-4f * (1 + fabsf(s)));
+                CHECK(fabsf(s - y[2][tok * ROWS + r]) <= 1e-4f * (1 + fabsf(s)));
+                /* 8-bit activations cost at most about 1% of the magnitude */
+                CHECK(fabs(s - exact) <= 0.02 * (1 + fabs(exact)) + (sov_type_uses_q8(t) ? 0.05 : 1e-4) * sqrt(COLS));
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * GGUF parsing
+ * ------------------------------------------------------------------------------------- */
+
+static void test_gguf_metadata(void) {
+    buf kv = {0};
+    kv_str(&kv, "general.architecture", "llama");
+    kv_u32(&kv, "u32", 7);
+    kv_f32(&kv, "f32", 1.5f);
+    put_str(&kv, "arr");
+    put_u32(&kv, SOV_GGUF_ARRAY);
+    put_u32(&kv, SOV_GGUF_STRING);
+    put_u64(&kv, 2);
+    put_str(&kv, "ab");
+    put_str(&kv, "cde");
+    put_str(&kv, "i16s");
+    put_u32(&kv, SOV_GGUF_ARRAY);
+    put_u32(&kv, SOV_GGUF_INT16);
+    put_u64(&kv, 3);
+    int16_t v16[3] = {-1, 2, -3};
+    put(&kv, v16, 6);
+    float vec[32];
+    for (int i = 0; i < 32; i++) vec[i] = (float)i;
+    tensor_spec t = {"v", 32, 0, vec};
+    buf file = gguf_build(&kv, 5, &t, 1);
+    sov_gguf *g;
+    CHECK(sov_gguf_open_memory(file.data, file.size, &g) == SOV_OK);
+    if (g) {
+        uint64_t i;
+        sov_gguf_value v;
+        CHECK(sov_gguf_version(g) == 3 && sov_gguf_kv_count(g) == 5 && sov_gguf_alignment(g) == 32);
+        CHECK(sov_gguf_kv_find(g, "u32", &i) == SOV_OK && sov_gguf_kv_value(g, i, 0, &v) == SOV_OK && v.as.u64 == 7);
+        CHECK(sov_gguf_kv_find(g, "f32", &i) == SOV_OK && sov_gguf_kv_value(g, i, 0, &v) == SOV_OK && v.as.f64 == 1.5);
+        CHECK(sov_gguf_kv_find(g, "arr", &i) == SOV_OK && sov_gguf_kv_value(g, i, 1, &v) == SOV_OK && v.as.str.size == 3 && memcmp(v.as.str.data, "cde", 3) == 0);
+        CHECK(sov_gguf_kv_value(g, i, 2, &v) == SOV_ERR_INVALID_ARGUMENT);
+        CHECK(sov_gguf_kv_find(g, "i16s", &i) == SOV_OK && sov_gguf_kv_value(g, i, 2, &v) == SOV_OK && v.as.i64 == -3);
+        CHECK(sov_gguf_kv_find(g, "missing", &i) == SOV_ERR_NOT_FOUND);
+        sov_gguf_tensor_info ti;
+        CHECK(sov_gguf_tensor_find(g, "v", &ti) == SOV_OK && ti.size == 128 && ((const float *)ti.data)[31] == 31.0f);
+        sov_gguf_free(g);
+    }
+    /* every truncation is refused cleanly */
+    for (size_t n = 0; n < file.size; n++) {
+        g = NULL;
+        CHECK(sov_gguf_open_memory(file.data, n, &g) != SOV_OK && g == NULL);
+    }
+    /* wrong magic, absurd counts */
+    file.data[0] = 'X';
+    CHECK(sov_gguf_open_memory(file.data, file.size, &g) == SOV_ERR_FORMAT);
+    file.data[0] = 'G';
+    uint64_t absurd = UINT64_MAX;
+    memcpy(file.data + 16, &absurd, 8);
+    CHECK(sov_gguf_open_memory(file.data, file.size, &g) == SOV_ERR_FORMAT);
+    free(kv.data);
+    free(file.data);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Thread pool
+ * ------------------------------------------------------------------------------------- */
+
+static void count_job(void *arg, int ti, int nt) {
+    int *hits = arg;
+    hits[ti] += 1 + nt * 0;
+}
+
+static void test_pool(void) {
+    sov_pool *pool;
+    CHECK(sov_pool_init(3, &pool) == SOV_OK);
+    int hits[3] = {0};
+    for (int i = 0; i < 1000; i++) sov_pool_run(pool, count_job, hits);
+    CHECK(hits[0] == 1000 && hits[1] == 1000 && hits[2] == 1000);
+    sov_pool_free(pool);
+    CHECK(sov_pool_init(0, &pool) == SOV_ERR_INVALID_ARGUMENT);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * A tiny llama model: batching, incremental decoding and limits
+ * ------------------------------------------------------------------------------------- */
+
+enum { E = 32, F = 64, V = 40, L = 2, H = 4, HKV = 2, HD = E / H };
+
+static char *write_tiny_model(void) {
+    buf kv = {0};
+    kv_str(&kv, "general.architecture", "llama");
+    kv_u32(&kv, "llama.block_count", L);
+    kv_u32(&kv, "llama.embedding_length", E);
+    kv_u32(&kv, "llama.feed_forward_length", F);
+    kv_u32(&kv, "llama.attention.head_count", H);
+    kv_u32(&kv, "llama.attention.head_count_kv", HKV);
+    kv_u32(&kv, "llama.context_length", 64);
+    kv_f32(&kv, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    tensor_spec t[3 + 9 * L];
+    int n = 0;
+    t[n++] = (tensor_spec){"token_embd.weight", E, V, NULL};
+    t[n++] = (tensor_spec){"output_norm.weight", E, 0, NULL};
+    t[n++] = (tensor_spec){"output.weight", E, V, NULL};
+    for (int l = 0; l < L; l++) {
+        static const char *names[] = {"attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+        const uint64_t cols[] = {E, E, E, E, E, E, E, E, F}, rows[] = {0, 0, E, HKV * HD, HKV * HD, E, F, F, E};
+        for (int k = 0; k < 9; k++) {
+            t[n] = (tensor_spec){"", cols[k], rows[k], NULL};
+            snprintf(t[n].name, sizeof t[n].name, "blk.%d.%s.weight", l, names[k]);
+            n++;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        uint64_t count = t[i].cols * (t[i].rows ? t[i].rows : 1);
+        t[i].values = malloc(count * sizeof(float));
+        for (uint64_t j = 0; j < count; j++) t[i].values[j] = t[i].rows ? 0.3f * frand() : 1.0f + 0.1f * frand();
+    }
+    buf file = gguf_build(&kv, 8, t, (uint64_t)n);
+    static char path[] = "/tmp/sov_test_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0 && write(fd, file.data, file.size) == (ssize_t)file.size);
+    close(fd);
+    for (int i = 0; i < n; i++) free(t[i].values);
+    free(kv.data);
+    free(file.data);
+    return path;
+}
+
+static void test_tiny_model(void) {
+    char *path = write_tiny_model();
+    sov_model *m;
+    sov_model_params mp = sov_model_default_params();
+    mp.n_threads = 2;
+    CHECK(sov_model_load(path, &mp, &m) == SOV_OK);
+    if (!m) return;
+    sov_model_info in;
+    sov_model_info_get(m, &in);
+    CHECK(in.n_vocab == V && in.n_layer == L && in.head_dim == HD && !in.tied_output);
+
+    sov_context_params cp = sov_context_default_params();
+    cp.n_seq_max = 3;
+    cp.n_ubatch = 4;
+    sov_context *c;
+    CHECK(sov_context_init(m, &cp, &c) == SOV_OK);
+    /* all positions of a 10-token prompt at once (three chunks) ... */
+    int32_t prompt[10] = {1, 5, 9, 3, 7, 2, 8, 4, 6, 0}, seqs[10] = {0};
+    uint8_t outs[10];
+    memset(outs, SOV_OUTPUT_LOGITS, sizeof outs);
+    static float full[10 * V], step[V], mixed[3 * V];
+    sov_batch b = {10, prompt, seqs, outs};
+    CHECK(sov_context_decode(c, &b, full, NULL) == SOV_OK);
+    CHECK(sov_context_seq_length(c, 0) == 10);
+    /* ... equal one token at a time in another slot, interleaved with a third sequence */
+    for (int i = 0; i < 10; i++) {
+        int32_t toks[2] = {prompt[i], prompt[9 - i]}, ids[2] = {1, 2};
+        uint8_t o[2] = {SOV_OUTPUT_LOGITS, SOV_OUTPUT_LOGITS};
+        sov_batch bi = {2, toks, ids, o};
+        CHECK(sov_context_decode(c, &bi, mixed, NULL) == SOV_OK);
+        memcpy(step, mixed, sizeof step);
+        float worst = 0;
+        for (int k = 0; k < V; k++) worst = fmaxf(worst, fabsf(step[k] - full[i * V + k]));
+        CHECK(worst < 1e-4f);
+    }
+    /* bad input leaves every sequence as it was */
+    int32_t bad_tok = V, one = 0;
+    sov_batch bad = {1, &bad_tok, &one, NULL};
+    CHECK(sov_context_decode(c, &bad, NULL, NULL) == SOV_ERR_INVALID_ARGUMENT);
+    int32_t seq_bad = 3, tok = 1;
+    bad = (sov_batch){1, &tok, &seq_bad, NULL};
+    CHECK(sov_context_decode(c, &bad, NULL, NULL) == SOV_ERR_INVALID_ARGUMENT);
+    CHECK(sov_context_seq_length(c, 0) == 10);
+    /* the context limit */
+    static int32_t many[64], zeros[64];
+    for (int i = 0; i < 64; i++) many[i] = i % V;
+    sov_batch big = {64, many, zeros, NULL};
+    CHECK(sov_context_decode(c, &big, NULL, NULL) == SOV_ERR_CONTEXT_FULL);
+    CHECK(sov_context_seq_length(c, 0) == 10);
+    CHECK(sov_context_seq_reset(c, 0) == SOV_OK && sov_context_seq_length(c, 0) == 0);
+    CHECK(sov_context_decode(c, &big, NULL, NULL) == SOV_OK && sov_context_seq_length(c, 0) == 64);
+    sov_context_free(c);
+    sov_model_free(m);
+    unlink(path);
+    CHECK(sov_model_load("/nonexistent/model.gguf", NULL, &m) == SOV_ERR_IO && m == NULL);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Sampling
+ * ------------------------------------------------------------------------------------- */
+
+static void test_sampler(void) {
+    float logits[8] = {0.1f, 2.0f, 1.0f, -1.0f, 1.9f, 0.0f, 0.5f, 0.2f};
+    sov_sampler *s;
+    sov_sampler_params p = sov_sampler_default_params();
+    CHECK(sov_sampler_init(&p, 8, &s) == SOV_OK);
+    int32_t tok;
+    CHECK(sov_sampler_sample(s, logits, NULL, 0, &tok) == SOV_OK && tok == 1);
+    sov_sampler_free(s);
+    /* a repetition penalty moves greedy choice off a seen token */
+    p.repeat_penalty = 1.5f;
+    int32_t history[1] = {1};
+    CHECK(sov_sampler_init(&p, 8, &s) == SOV_OK);
+    CHECK(sov_sampler_sample(s, logits, history, 1, &tok) == SOV_OK && tok == 4);
+    sov_sampler_free(s);
+    /* same seed, same draws; top-k 2 stays within the two best */
+    p = sov_sampler_default_params();
+    p.temperature = 1.0f;
+    p.top_k = 2;
+    p.seed = 42;
+    sov_sampler *a, *b;
+    CHECK(sov_sampler_init(&p, 8, &a) == SOV_OK && sov_sampler_init(&p, 8, &b) == SOV_OK);
+    for (int i = 0; i < 200; i++) {
+        int32_t ta, tb;
+        sov_sampler_sample(a, logits, NULL, 0, &ta);
+        sov_sampler_sample(b, logits, NULL, 0, &tb);
+        CHECK(ta == tb && (ta == 1 || ta == 4));
+    }
+    sov_sampler_free(a);
+    sov_sampler_free(b);
+    p.top_p = 2.0f;
+    CHECK(sov_sampler_init(&p, 8, &a) == SOV_ERR_INVALID_ARGUMENT);
+}
+
+int main(void) {
+    test_status();
+    test_fp16();
+    test_dequantize();
+    test_kernels_agree();
+    test_gguf_metadata();
+    test_pool();
+    test_tiny_model();
+    test_sampler();
+    printf("test_sov: %d checks, %d failed (kernels: %s)\n", checks, failures, sov_isa_name(sov_isa_detect(-1)));
+    return failures ? 1 : 0;
+}
