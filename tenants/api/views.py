@@ -13,11 +13,11 @@ from django.db.models import QuerySet
 from django.middleware.csrf import get_token
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, permissions, status
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from controlplane.core.api.pagination import RegionCursorPagination
 from controlplane.core.api.serializers import StrictInputSerializer
 from controlplane.core.api.views import OperatorAPIView
 from controlplane.core.errors import PermissionDenied
@@ -389,13 +389,6 @@ class ResidencyPolicyView(OrgScopedAPIView):
         data = _parse(s.ResidencyPolicyUpdateSerializer, request)
         policy = services.residency_policy_update(actor=self.actor, organization=self.organization, **data)
         return Response(s.ResidencyPolicySerializer(policy).data)
-
-
-class RegionCursorPagination(CursorPagination):
-    ordering = ("region",)
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
 
 
 class RegionalQuotaListView(OrgScopedAPIView):

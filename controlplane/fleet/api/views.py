@@ -6,11 +6,15 @@ from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from controlplane.core.api.pagination import CodeCursorPagination, IdCursorPagination
+from controlplane.core.api.pagination import (
+    CodeCursorPagination,
+    IdCursorPagination,
+    NameCursorPagination,
+    SlugCursorPagination,
+)
 from controlplane.core.api.views import GlobalReadAPIView, OperatorAPIView
 from controlplane.core.services import actor_of_request
 from controlplane.fleet import selectors, services
@@ -25,20 +29,6 @@ from controlplane.fleet.api.serializers import (
     RegionOutputSerializer,
 )
 from controlplane.fleet.models import Host
-
-
-class NameCursorPagination(CursorPagination):
-    ordering = ("name",)
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
-
-
-class SlugCursorPagination(CursorPagination):
-    ordering = ("slug",)
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
 
 
 def _path(name: str, description: str, kind: type = str) -> OpenApiParameter:
