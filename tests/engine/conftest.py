@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -98,3 +98,20 @@ def llama_reference(model_path: Path) -> Iterator[LlamaCppVocab]:
         pytest.fail(f"llama-cpp-python is the engine tests' reference and is not installed: {exc}")
     yield reference
     reference.close()
+
+
+# Measured figures (agreement, cosines, chi-square statistics) printed at the end of every run,
+# whether or not output capture is on: `figures` appends a line, the terminal summary prints them.
+_FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def figures() -> Callable[[str], None]:
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("engine figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
