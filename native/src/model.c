@@ -422,6 +422,7 @@ typedef struct matmul_job {
     const float *x;
     const sov_q8_block *xq;
     int64_t n_tok;
+    bool swiglu;            /* then y[0] = silu(y[0]) * y[1], by the thread that wrote those rows */
 } matmul_job;
 
 static void matmul_worker(void *arg, int ti, int nt) {
@@ -433,11 +434,19 @@ static void matmul_worker(void *arg, int ti, int nt) {
         int64_t r0 = chunk * ti, r1 = r0 + chunk < (int64_t)w->rows ? r0 + chunk : (int64_t)w->rows;
         if (r0 < r1) sov_matmul_rows(j->c->model->isa, w->type, w->data, w->cols, r0, r1, j->x, j->xq, j->n_tok, j->y[i], (int64_t)w->rows);
     }
+    if (!j->swiglu) return;
+    /* gate and up have the same rows, so this thread has just written both halves it needs */
+    int64_t rows = (int64_t)j->w[0]->rows, chunk = ((rows + nt - 1) / nt + 7) / 8 * 8;
+    int64_t r0 = chunk * ti, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+    for (int64_t t = 0; t < j->n_tok; t++) {
+        float *g = j->y[0] + t * rows, *u = j->y[1] + t * rows;
+        for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+    }
 }
 
 /* y[i] = x @ w[i]^T for the n weights, which all take x's width as their columns. */
-static void matmul(sov_context *c, int n, const weight *const *w, float *const *y, const float *x, int64_t n_tok) {
-    matmul_job j = {.c = c, .n = n, .x = x, .xq = NULL, .n_tok = n_tok};
+static void matmul(sov_context *c, int n, const weight *const *w, float *const *y, const float *x, int64_t n_tok, bool swiglu) {
+    matmul_job j = {.c = c, .n = n, .x = x, .xq = NULL, .n_tok = n_tok, .swiglu = swiglu};
     bool need_q8 = false;
     for (int i = 0; i < n; i++) {
         j.w[i] = w[i];
@@ -516,6 +525,35 @@ static void rope(const sov_model *m, float *vec, uint32_t n_heads, const float *
     }
 }
 
+typedef struct norm_job {
+    sov_context *c;
+    const float *add;       /* added to c->x first when not NULL: the residual of the last block */
+    const float *w;
+    int64_t n_tok;
+} norm_job;
+
+static void norm_worker(void *arg, int ti, int nt) {
+    const norm_job *j = arg;
+    sov_context *c = j->c;
+    const sov_model_info *in = &c->model->info;
+    uint64_t e = in->n_embd;
+    int64_t per = (j->n_tok + nt - 1) / nt, t0 = per * ti, t1 = t0 + per < j->n_tok ? t0 + per : j->n_tok;
+    for (int64_t t = t0; t < t1; t++) {
+        float *x = c->x + (uint64_t)t * e;
+        if (j->add)
+            for (uint64_t i = 0; i < e; i++) x[i] += j->add[(uint64_t)t * e + i];
+        rms_norm(x, j->w, c->xn + (uint64_t)t * e, e, in->rms_norm_eps);
+    }
+}
+
+/* c->x += add (when given), then c->xn = rms_norm(c->x) * w; threaded when the chunk is long
+ * enough to pay for a dispatch. */
+static void add_norm(sov_context *c, const float *add, const float *w, int64_t n_tok) {
+    norm_job j = {c, add, w, n_tok};
+    if (n_tok >= 8) sov_pool_run(c->model->pool, norm_worker, &j);
+    else norm_worker(&j, 0, 1);
+}
+
 static void add_bias(float *y, const float *b, int64_t n_tok, uint64_t n) {
     if (!b) return;
     for (int64_t t = 0; t < n_tok; t++)
@@ -526,7 +564,7 @@ static void add_bias(float *y, const float *b, int64_t n_tok, uint64_t n) {
 static void forward_chunk(sov_context *c, const int32_t *tokens, const int32_t *seq_ids, int64_t n) {
     sov_model *m = c->model;
     const sov_model_info *in = &m->info;
-    uint64_t e = in->n_embd, qd = (uint64_t)in->n_head * in->head_dim, kvd = kv_dim(m), ff = in->n_ff, half = in->n_rot / 2;
+    uint64_t e = in->n_embd, qd = (uint64_t)in->n_head * in->head_dim, kvd = kv_dim(m), half = in->n_rot / 2;
     uint64_t embd_row = e / sov_type_block_elems(m->tok_embd.type) * sov_type_block_bytes(m->tok_embd.type);
     for (int64_t t = 0; t < n; t++) {
         sov_tensor_dequantize(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + (uint64_t)tokens[t] * embd_row, c->x + (uint64_t)t * e, e);
@@ -538,10 +576,10 @@ static void forward_chunk(sov_context *c, const int32_t *tokens, const int32_t *
     }
     for (uint32_t il = 0; il < in->n_layer; il++) {
         const layer *l = &m->layers[il];
-        for (int64_t t = 0; t < n; t++) rms_norm(c->x + (uint64_t)t * e, l->attn_norm, c->xn + (uint64_t)t * e, e, in->rms_norm_eps);
+        add_norm(c, il > 0 ? c->tmp : NULL, l->attn_norm, n);
         const weight *qkv[3] = {&l->wq, &l->wk, &l->wv};
         float *qkv_out[3] = {c->q, c->k, c->v};
-        matmul(c, 3, qkv, qkv_out, c->xn, n);
+        matmul(c, 3, qkv, qkv_out, c->xn, n, false);
         add_bias(c->q, l->bq, n, qd);
         add_bias(c->k, l->bk, n, kvd);
         add_bias(c->v, l->bv, n, kvd);
@@ -557,23 +595,17 @@ static void forward_chunk(sov_context *c, const int32_t *tokens, const int32_t *
         sov_pool_run(m->pool, attention_worker, &aj);
         const weight *wo[1] = {&l->wo};
         float *wo_out[1] = {c->tmp};
-        matmul(c, 1, wo, wo_out, c->att, n);
-        for (uint64_t i = 0; i < (uint64_t)n * e; i++) c->x[i] += c->tmp[i];
-
-        for (int64_t t = 0; t < n; t++) rms_norm(c->x + (uint64_t)t * e, l->ffn_norm, c->xn + (uint64_t)t * e, e, in->rms_norm_eps);
+        matmul(c, 1, wo, wo_out, c->att, n, false);
+        add_norm(c, c->tmp, l->ffn_norm, n);
         const weight *gu[2] = {&l->gate, &l->up};
         float *gu_out[2] = {c->gate, c->up};
-        matmul(c, 2, gu, gu_out, c->xn, n);
-        for (uint64_t i = 0; i < (uint64_t)n * ff; i++) {
-            float g = c->gate[i];
-            c->gate[i] = g / (1.0f + expf(-g)) * c->up[i];
-        }
+        matmul(c, 2, gu, gu_out, c->xn, n, true);
         const weight *down[1] = {&l->down};
         float *down_out[1] = {c->tmp};
-        matmul(c, 1, down, down_out, c->gate, n);
-        for (uint64_t i = 0; i < (uint64_t)n * e; i++) c->x[i] += c->tmp[i];
+        matmul(c, 1, down, down_out, c->gate, n, false);
     }
-    for (int64_t t = 0; t < n; t++) rms_norm(c->x + (uint64_t)t * e, m->output_norm, c->xn + (uint64_t)t * e, e, in->rms_norm_eps);
+    /* the last block's feed-forward output is still in tmp, to be added to the residual */
+    add_norm(c, c->tmp, m->output_norm, n);
 }
 
 /* Checks the whole batch before anything changes, and fills the position of every token. */
@@ -628,7 +660,7 @@ static sov_status decode_locked(sov_context *c, const sov_batch *b, float *logit
         float *dst = logits + n_logit_rows * in->n_vocab;
         const weight *out[1] = {&m->output};
         float *out_y[1] = {dst};
-        matmul(c, 1, out, out_y, c->x, n_rows);
+        matmul(c, 1, out, out_y, c->x, n_rows, false);
         if (!all_finite(dst, (uint64_t)n_rows * in->n_vocab)) st = sov_fail(SOV_ERR_NUMERIC, "the logits are not finite");
         n_logit_rows += (uint64_t)n_rows;
     }

@@ -487,6 +487,77 @@ VNNI_TARGET static inline __m256i dot_u8s8_vnni(__m256i u, __m256i s) {
 
 DEFINE_Q_DOTS(avx2, AVX2_TARGET, dot_u8s8_avx2)
 DEFINE_Q_DOTS(vnni, VNNI_TARGET, dot_u8s8_vnni)
+
+/* ---------------------------------------------------------------------------------------
+ * Register-blocked Q4_1 x Q8 tile for batched products (prefill, batched decode), AVX-512 VNNI
+ *
+ * A tile is TILE_ROWS weight rows x TILE_TOKENS tokens. Every zmm accumulator holds two tokens'
+ * 8-lane partial sums for one row, and each half is computed with exactly the operations of
+ * dot_q4_1_vnni for that (row, token) pair, so the tile is bit-identical to the one-pair kernel
+ * (and so stays as close to the scalar path as that kernel is). Per block, a weight row is
+ * unpacked once for all tokens and a token's activations are loaded once for all rows.
+ * ------------------------------------------------------------------------------------- */
+
+#define TILE_ROWS 4
+#define TILE_TOKENS 8
+
+/* One row of the tile: its four two-token accumulators and its eight tokens' mins. */
+#define TILE_ROW_STEP(R)                                                                                              \
+    do {                                                                                                              \
+        const block_q4_1 *a = (const block_q4_1 *)(w + (uint64_t)(R) * row_bytes) + b;                              \
+        __m512i wq = _mm512_broadcast_i64x4(unpack_nibbles(a->qs));                                                   \
+        __m512 dw = _mm512_set1_ps(_cvtsh_ss(a->d));                                                                  \
+        mins##R = _mm256_add_ps(mins##R, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(a->m)), s8));                          \
+        acc##R##0 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd0), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wq, xq0)), acc##R##0); \
+        acc##R##1 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd1), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wq, xq1)), acc##R##1); \
+        acc##R##2 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd2), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wq, xq2)), acc##R##2); \
+        acc##R##3 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd3), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wq, xq3)), acc##R##3); \
+    } while (0)
+
+/* Two tokens' activations of block b, side by side, and their scales spread to match. */
+#define TILE_PAIR_LOAD(P)                                                                                             \
+    __m512i xq##P = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)x[(2 * (P)) * nb + b].q)), \
+                                       _mm256_loadu_si256((const __m256i *)x[(2 * (P) + 1) * nb + b].q), 1);       \
+    __m512 xd##P = _mm512_permutexvar_ps(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * (P))),        \
+                                                            _mm256_set1_epi32(2 * (P) + 1), 1),                       \
+                                         _mm512_castps256_ps512(d8))
+
+VNNI_TARGET static inline void tile_store_row(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m256 mins, float *y, int64_t ldy) {
+    float m[TILE_TOKENS];
+    _mm256_storeu_ps(m, mins);
+    __m512 acc[TILE_TOKENS / 2] = {a0, a1, a2, a3};
+    for (int p = 0; p < TILE_TOKENS / 2; p++) {
+        __m256 lo = _mm512_castps512_ps256(acc[p]);
+        __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[p]), 1));
+        y[(2 * p) * ldy] = hsum_avx2(lo) + m[2 * p];
+        y[(2 * p + 1) * ldy] = hsum_avx2(hi) + m[2 * p + 1];
+    }
+}
+
+VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, uint64_t nb, float *y, int64_t ldy) {
+    const __m512i zero = _mm512_setzero_si512();
+    __m512 acc00 = _mm512_setzero_ps(), acc01 = acc00, acc02 = acc00, acc03 = acc00, acc10 = acc00, acc11 = acc00, acc12 = acc00,
+           acc13 = acc00, acc20 = acc00, acc21 = acc00, acc22 = acc00, acc23 = acc00, acc30 = acc00, acc31 = acc00, acc32 = acc00,
+           acc33 = acc00;
+    __m256 mins0 = _mm256_setzero_ps(), mins1 = mins0, mins2 = mins0, mins3 = mins0;
+    /* byte offsets of the tile's tokens from token 0, for gathering their per-block scales */
+    const __m256i tok_off = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)(nb * sizeof(sov_q8_block))));
+    for (uint64_t b = 0; b < nb; b++) {
+        __m256 d8 = _mm256_i32gather_ps(&x[b].d, tok_off, 1), s8 = _mm256_i32gather_ps(&x[b].s, tok_off, 1);
+        TILE_PAIR_LOAD(0);
+        TILE_PAIR_LOAD(1);
+        TILE_PAIR_LOAD(2);
+        TILE_PAIR_LOAD(3);
+        TILE_ROW_STEP(0);
+        TILE_ROW_STEP(1);
+        TILE_ROW_STEP(2);
+        TILE_ROW_STEP(3);
+    }
+    tile_store_row(acc00, acc01, acc02, acc03, mins0, y, ldy);
+    tile_store_row(acc10, acc11, acc12, acc13, mins1, y + 1, ldy);
+    tile_store_row(acc20, acc21, acc22, acc23, mins2, y + 2, ldy);
+    tile_store_row(acc30, acc31, acc32, acc33, mins3, y + 3, ldy);
+}
 #endif
 
 /* ---------------------------------------------------------------------------------------
@@ -587,7 +658,22 @@ void sov_matmul_rows(sov_isa isa, uint32_t wtype, const void *w, uint64_t cols, 
     if (sov_type_uses_q8(wtype)) {
         dot_q8_fn dot = pick_q8_dot(isa, wtype);
         uint64_t nb = cols / QK;
-        for (int64_t t0 = 0; t0 < n_tok; t0 += TOKEN_TILE) {
+        int64_t t_done = 0;
+#ifdef SOV_X86
+        /* whole tiles of tokens go through the register-blocked kernel, rows left over from the
+         * row tiles through the one-pair kernel */
+        if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q4_1) {
+            for (; t_done + TILE_TOKENS <= n_tok; t_done += TILE_TOKENS) {
+                const sov_q8_block *xt = xq + (uint64_t)t_done * nb;
+                float *yt = y + t_done * ldy;
+                int64_t r = r0;
+                for (; r + TILE_ROWS <= r1; r += TILE_ROWS) tile_q4_1_vnni(wb + (uint64_t)r * row_bytes, row_bytes, xt, nb, yt + r, ldy);
+                for (; r < r1; r++)
+                    for (int64_t t = 0; t < TILE_TOKENS; t++) yt[t * ldy + r] = dot(wb + (uint64_t)r * row_bytes, xt + (uint64_t)t * nb, nb);
+            }
+        }
+#endif
+        for (int64_t t0 = t_done; t0 < n_tok; t0 += TOKEN_TILE) {
             int64_t t1 = t0 + TOKEN_TILE < n_tok ? t0 + TOKEN_TILE : n_tok;
             for (int64_t r = r0; r < r1; r++) {
                 const void *row = wb + (uint64_t)r * row_bytes;

@@ -1,8 +1,11 @@
 /* threads.c: a small fork-join thread pool. Workers spin briefly between jobs (a forward pass
- * issues hundreds of short jobs) and then sleep on a condition variable. */
+ * issues hundreds of short jobs) and then sleep on a condition variable. Every spin gives the
+ * core away now and then: when the machine has fewer free cores than threads, a thread that
+ * only spins holds the core that the thread it waits for needs, for a whole time slice. */
 #include "internal.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -18,6 +21,7 @@
  * ------------------------------------------------------------------------------------- */
 
 #define SPIN_ROUNDS 100000
+#define SPINS_PER_YIELD 256
 
 typedef struct worker {
     sov_pool *pool;
@@ -42,10 +46,15 @@ struct sov_pool {
  * Workers
  * ------------------------------------------------------------------------------------- */
 
+static void spin_pause(unsigned round) {
+    if (round % SPINS_PER_YIELD == SPINS_PER_YIELD - 1) sched_yield();
+    else CPU_RELAX();
+}
+
 static void wait_for_job(sov_pool *pool, unsigned seen) {
     for (int i = 0; i < SPIN_ROUNDS; i++) {
         if (atomic_load(&pool->generation) != seen || atomic_load(&pool->stop)) return;
-        CPU_RELAX();
+        spin_pause((unsigned)i);
     }
     pthread_mutex_lock(&pool->mutex);
     atomic_fetch_add(&pool->n_sleeping, 1);
@@ -129,5 +138,5 @@ void sov_pool_run(sov_pool *pool, sov_pool_fn fn, void *arg) {
         pthread_mutex_unlock(&pool->mutex);
     }
     fn(arg, 0, pool->n_threads);
-    while (atomic_load(&pool->pending) > 0) CPU_RELAX();
+    for (unsigned i = 0; atomic_load(&pool->pending) > 0; i++) spin_pause(i);
 }
