@@ -1,7 +1,10 @@
-/* fuzz_gguf.c: a bounded mutation fuzzer for the GGUF parser, built with ASan and UBSan.
- * It parses every file of the corpus, then for --seconds mutates them with a seeded RNG (bit
- * flips, byte sets, boundary integers, truncation, splices) and parses each mutant; a sanitizer
- * report or a crash fails the run. Prints the executions and the distinct outcomes reached. */
+/* fuzz_gguf.c: a bounded, coverage-guided mutation fuzzer for the GGUF parser, built with ASan
+ * and UBSan. The parser (gguf.c) is compiled with -fsanitize-coverage=trace-pc, which calls
+ * __sanitizer_cov_trace_pc() at every basic block; this driver records the blocks reached. It
+ * parses every corpus file, then for --seconds mutates inputs with a seeded RNG (bit flips, byte
+ * sets, boundary integers, truncation, splices), parses each mutant, and keeps a mutant that
+ * reaches a new block as a further input. A sanitizer report or a crash fails the run. Prints
+ * executions, coverage (parser blocks reached) and the distinct outcomes. */
 #include "sov.h"
 
 #include <dirent.h>
@@ -52,6 +55,25 @@ static int load_corpus(const char *dir, input **out, size_t *n_out) {
     *out = items;
     *n_out = n;
     return items ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Coverage: a bitmap of the parser's basic blocks, keyed by return address
+ * ------------------------------------------------------------------------------------- */
+
+#define COVERAGE_BITS (1u << 16)
+static uint8_t coverage_seen[COVERAGE_BITS / 8];
+static unsigned long coverage_blocks, coverage_new;
+
+void __sanitizer_cov_trace_pc(void);
+void __sanitizer_cov_trace_pc(void) {
+    uintptr_t pc = (uintptr_t)__builtin_return_address(0);
+    uint32_t h = (uint32_t)((pc * 0x9e3779b97f4a7c15ull) >> 48) & (COVERAGE_BITS - 1);
+    if (!(coverage_seen[h >> 3] & (1u << (h & 7)))) {
+        coverage_seen[h >> 3] |= (uint8_t)(1u << (h & 7));
+        coverage_blocks++;
+        coverage_new++;
+    }
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -158,7 +180,9 @@ int main(int argc, char **argv) {
         if (corpus[i].size > cap) cap = corpus[i].size;
     }
     uint8_t *buf = malloc(cap ? cap : 1);
-    unsigned long execs = n;
+    unsigned long execs = n, kept = 0;
+    unsigned long seed_blocks = coverage_blocks;
+    size_t corpus_cap = n;
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
@@ -168,16 +192,29 @@ int main(int argc, char **argv) {
             /* an exact-size copy, so that ASan catches a read one byte past the end */
             uint8_t *exact = malloc(size ? size : 1);
             memcpy(exact, buf, size);
+            coverage_new = 0;
             exercise(exact, size, outcomes);
-            free(exact);
             execs++;
+            if (coverage_new > 0 && size > 0) { /* reached a new block: keep it as an input */
+                if (n == corpus_cap) {
+                    input *grown = realloc(corpus, (corpus_cap *= 2) * sizeof *corpus);
+                    if (!grown) { free(exact); continue; }
+                    corpus = grown;
+                }
+                corpus[n++] = (input){exact, size};
+                kept++;
+            } else {
+                free(exact);
+            }
         }
         clock_gettime(CLOCK_MONOTONIC, &now);
         if ((double)(now.tv_sec - start.tv_sec) + 1e-9 * (double)(now.tv_nsec - start.tv_nsec) >= seconds) break;
     }
     int reached = 0;
     for (int s = 0; s < 16; s++) reached += outcomes[s] > 0;
-    printf("fuzz_gguf: %lu executions in %.0f s over %zu corpus files; %d distinct outcomes:", execs, seconds, n, reached);
+    printf("fuzz_gguf: %lu executions in %.0f s; coverage: %lu parser blocks (%lu from the seed corpus), "
+           "%lu inputs kept for new coverage; %d distinct outcomes:",
+           execs, seconds, coverage_blocks, seed_blocks, kept, reached);
     for (int s = 0; s < 16; s++)
         if (outcomes[s]) printf(" %s=%lu", sov_status_message((sov_status)s), outcomes[s]);
     printf("\n");
