@@ -3,8 +3,9 @@
 Prefill (one N-token prompt), single-stream decode (G tokens after it) and aggregate decode with
 B sequences decoded together, each side driven through its low-level API (ours: `native._engine`;
 llama.cpp: llama-cpp-python's ctypes API with batch 512 and flash attention `auto`). Every
-repetition starts from an empty KV cache; the B sequences of a batch have distinct prompts; every
-step computes the full-vocabulary logits and takes the greedy argmax. Medians after one warm-up.
+repetition starts from an empty KV cache; single-stream runs cycle through 8 distinct prompts and
+the B sequences of a batch have distinct prompts; every step computes the full-vocabulary logits
+and takes the greedy argmax. Medians after one warm-up.
 
 The anchor is sanity-checked against what llama.cpp reached on this machine class
 (`engine-baseline`: 505 tok/s prefill and 156 tok/s decode at 2 threads): a run where it lands
@@ -33,6 +34,7 @@ from native import _engine  # after the path set-up, so the bench runs as a scri
 from native.engine import default_model_path
 from native.tokenizer import Tokenizer
 
+SINGLE_PROMPTS = 8  # single-stream runs cycle through 8 distinct prompts (medians over all 8)
 BATCH_PROMPT = 32  # tokens of each batched sequence's own prompt, prefilled before the timed steps
 ANCHOR_EXPECTED = {2: {"prefill": 505.0, "decode": 156.0}}
 TEXT = (
@@ -56,6 +58,11 @@ def _prompt(tokenizer: Tokenizer, n: int, salt: int = 0) -> list[int]:
     return ids[:n]
 
 
+def _single_runs(reps: int) -> int:
+    """Single-stream runs: at least one per distinct prompt (the tiny mode asks for fewer)."""
+    return reps if reps < 2 else max(reps, SINGLE_PROMPTS)
+
+
 def _median(runs: int, measure: Callable[[], float]) -> float:
     measure()  # warm-up, not counted
     return statistics.median(measure() for _ in range(runs))
@@ -72,9 +79,9 @@ def _ours(path: str, threads: int, prompts: list[list[int]], gen: int, batches: 
     def argmax_rows(raw: bytes, rows: int) -> list[int]:
         return [int(i) for i in np.frombuffer(raw, dtype=np.float32).reshape(rows, vocab).argmax(axis=1)]
 
-    def prefill_and_decode() -> tuple[float, float]:
+    def prefill_and_decode(rep: int) -> tuple[float, float]:
         ctx = _engine.Context(model, n_ctx=2048, n_seq_max=1, n_ubatch=512)
-        prompt = prompts[0]
+        prompt = prompts[rep % SINGLE_PROMPTS]
         started = time.perf_counter()
         raw, _ = ctx.decode(prompt, [0] * len(prompt), bytes(len(prompt) - 1) + last)
         prefill = len(prompt) / (time.perf_counter() - started)
@@ -85,7 +92,7 @@ def _ours(path: str, threads: int, prompts: list[list[int]], gen: int, batches: 
             token = argmax_rows(raw, 1)[0]
         return prefill, gen / (time.perf_counter() - started)
 
-    pairs = [prefill_and_decode() for _ in range(reps + 1)][1:]
+    pairs = [prefill_and_decode(rep) for rep in range(_single_runs(reps) + 1)][1:]
     side.prefill_tok_s = statistics.median(p for p, _ in pairs)
     side.decode_tok_s = statistics.median(d for _, d in pairs)
 
@@ -142,10 +149,10 @@ def _llama(path: str, threads: int, prompts: list[list[int]], gen: int, batches:
         row = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(vocab,))
         return int(row.argmax())
 
-    def prefill_and_decode() -> tuple[float, float]:
+    def prefill_and_decode(rep: int) -> tuple[float, float]:
         ctx = context(1)
         batch = lc.llama_batch_init(512, 0, 1)
-        prompt = prompts[0]
+        prompt = prompts[rep % SINGLE_PROMPTS]
         try:
             started = time.perf_counter()
             decode(ctx, batch, [(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
@@ -160,7 +167,7 @@ def _llama(path: str, threads: int, prompts: list[list[int]], gen: int, batches:
             lc.llama_batch_free(batch)
             lc.llama_free(ctx)
 
-    pairs = [prefill_and_decode() for _ in range(reps + 1)][1:]
+    pairs = [prefill_and_decode(rep) for rep in range(_single_runs(reps) + 1)][1:]
     side.prefill_tok_s = statistics.median(p for p, _ in pairs)
     side.decode_tok_s = statistics.median(d for _, d in pairs)
 
@@ -212,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     path = str(args.model or default_model_path())
     tokenizer = Tokenizer(path)
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    prompts = [_prompt(tokenizer, args.prompt_tokens, salt) for salt in range(max(batches))]
+    prompts = [_prompt(tokenizer, args.prompt_tokens, salt) for salt in range(max(SINGLE_PROMPTS, *batches))]
     results: dict[str, Any] = {"model": Path(path).name, "prompt_tokens": args.prompt_tokens,
                                "gen_tokens": args.gen_tokens, "runs": []}
     for threads in (int(t) for t in args.threads.split(",")):
