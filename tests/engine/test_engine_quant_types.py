@@ -21,7 +21,13 @@ from gguf import GGMLQuantizationType as QType
 
 from native import Engine
 from tests.engine.llama_cpp_runtime import LlamaCppModel, llama_cpp_library
-from tests.engine.test_engine_tiny_models import GGUF_NAMES, TinyConfig, _permute_for_llama, random_weights
+from tests.engine.test_engine_tiny_models import (
+    GGUF_NAMES,
+    TinyConfig,
+    _permute_for_llama,
+    add_hyperparameters,
+    random_weights,
+)
 
 F32 = npt.NDArray[np.float32]
 
@@ -44,14 +50,7 @@ TYPES: dict[QType, tuple[str, float, float]] = {
 def write_f32_model(path: Path) -> Path:
     """The tiny model, with a minimal byte-level vocabulary so that llama.cpp agrees to load it."""
     writer = gguf.GGUFWriter(str(path), CFG.architecture)
-    writer.add_block_count(CFG.layers)
-    writer.add_context_length(CFG.context)
-    writer.add_embedding_length(CFG.hidden)
-    writer.add_feed_forward_length(CFG.ff)
-    writer.add_head_count(CFG.heads)
-    writer.add_head_count_kv(CFG.kv_heads)
-    writer.add_layer_norm_rms_eps(CFG.eps)
-    writer.add_rope_freq_base(CFG.rope_theta)
+    add_hyperparameters(writer, CFG)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list([chr(0x21 + i) for i in range(CFG.vocab)])

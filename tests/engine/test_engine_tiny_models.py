@@ -90,8 +90,8 @@ GGUF_NAMES = {
 }
 
 
-def write_tiny_model(path: Path, cfg: TinyConfig, weights: dict[str, F32]) -> Path:
-    writer = gguf.GGUFWriter(str(path), cfg.architecture)
+def add_hyperparameters(writer: gguf.GGUFWriter, cfg: TinyConfig) -> None:
+    """The architecture keys every tiny model file carries."""
     writer.add_block_count(cfg.layers)
     writer.add_context_length(cfg.context)
     writer.add_embedding_length(cfg.hidden)
@@ -100,6 +100,11 @@ def write_tiny_model(path: Path, cfg: TinyConfig, weights: dict[str, F32]) -> Pa
     writer.add_head_count_kv(cfg.kv_heads)
     writer.add_layer_norm_rms_eps(cfg.eps)
     writer.add_rope_freq_base(cfg.rope_theta)
+
+
+def write_tiny_model(path: Path, cfg: TinyConfig, weights: dict[str, F32]) -> Path:
+    writer = gguf.GGUFWriter(str(path), cfg.architecture)
+    add_hyperparameters(writer, cfg)
     writer.add_eos_token_id(cfg.vocab - 1)
     for name, value in weights.items():
         if name == "model.embed_tokens.weight":
