@@ -305,6 +305,7 @@ static char *write_tiny_model(void) {
         for (uint64_t j = 0; j < count; j++) t[i].values[j] = t[i].rows ? 0.3f * frand() : 1.0f + 0.1f * frand();
     }
     buf file = gguf_build(&kv, 8, t, (uint64_t)n);
+    /* mkstemp() template: it replaces the six trailing X characters with a unique suffix. */
     static char path[] = "/tmp/sov_test_XXXXXX";
     int fd = mkstemp(path);
     CHECK(fd >= 0 && write(fd, file.data, file.size) == (ssize_t)file.size);
