@@ -30,7 +30,10 @@ run: $(STAMP) native
 test:
 	@bash scripts/test.sh
 
+# The `bench` extra adds the anchors' packages (llama.cpp's OpenAI server); LiteLLM installs itself under var/.
 bench: $(STAMP) native
+	@echo "==> installing the benchmark anchors (the bench extra)"
+	@$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@$(PY) bench/run.py
 
 schema-update: $(STAMP)

@@ -21,6 +21,8 @@ urlpatterns = [
     path("api/v1/", include("controlplane.fleet.api.urls")),
     path("api/v1/", include("tenants.api.urls")),
     path("api/v1/", include("billing.api.urls")),
+    path("api/v1/", include("controlplane.inference.api.urls")),
+    path("v1/", include("controlplane.inference.api.urls_v1")),
 ]
 
 handler404 = "controlplane.core.ops.not_found"

@@ -20,7 +20,10 @@ SUPPORTED_VERSIONS: Final = frozenset({2, 3})
 MAX_KV_COUNT: Final = 65_536
 MAX_STRING_BYTES: Final = 16 * 1024 * 1024
 MAX_ARRAY_ITEMS: Final = 16 * 1024 * 1024
-MAX_ARRAY_DEPTH: Final = 4
+# Nested arrays: the C parser's limits (native/src/gguf.c), so that the tokenizer accepts the files
+# the engine loads. The budget counts the strings and arrays inside arrays of arrays, file-wide.
+MAX_ARRAY_DEPTH: Final = 8
+MAX_NESTED_ELEMENTS: Final = 1 << 20
 MAX_METADATA_BYTES: Final = 512 * 1024 * 1024
 
 _CHUNK: Final = 1 << 20
@@ -60,6 +63,7 @@ class _Reader:
         self._buffer = b""
         self._buffer_pos = 0
         self.offset = 0  # absolute offset of the next unread byte
+        self.nested_budget = MAX_NESTED_ELEMENTS
 
     @property
     def remaining(self) -> int:
@@ -126,6 +130,10 @@ def _read_value(reader: _Reader, value_type: int, what: str, depth: int = 0) -> 
     count = reader.u64(f"{what} item count")
     if count > MAX_ARRAY_ITEMS:
         raise reader.fail(f"{what} claims {count} items (limit {MAX_ARRAY_ITEMS})")
+    if item_type in (STRING, ARRAY) and (depth > 0 or item_type == ARRAY):
+        if count > reader.nested_budget:
+            raise reader.fail(f"{what}: nested arrays hold more than {MAX_NESTED_ELEMENTS} strings and arrays")
+        reader.nested_budget -= count
     if item_type in _SCALARS:
         code, size = _SCALARS[item_type]
         if count * size > reader.remaining:

@@ -72,6 +72,7 @@ class EngineInfo:
     feed_forward_length: int
     vocabulary: int
     context_length: int
+    rope_freq_scale: float
     n_ctx: int
     tensor_types: dict[str, int]
     kernels: str
@@ -109,15 +110,22 @@ class _Sequence:
     emitted: int = 0
     text: str = ""
     finish_reason: FinishReason | None = None
+    logprobs: int = -1
 
 
 @dataclass(frozen=True, slots=True)
 class StepEvent:
-    """One step's outcome for one sequence: the token it produced (None if it ended without one)."""
+    """One step's outcome for one sequence: the token it produced (None if it ended without one).
+
+    With logprobs asked for, `logprob` is the token's log-probability under the model's raw
+    distribution (before sampling settings) and `top` the most likely alternatives, best first.
+    """
 
     seq_id: int
     token: int | None
     finish_reason: FinishReason | None
+    logprob: float | None = None
+    top: tuple[tuple[int, float], ...] = ()
 
 
 class Engine:
@@ -158,6 +166,7 @@ class Engine:
             feed_forward_length=int(raw["n_ff"]),
             vocabulary=self._n_vocab,
             context_length=context_length,
+            rope_freq_scale=float(raw["rope_freq_scale"]),
             n_ctx=n_ctx,
             tensor_types=type_counts,
             kernels=str(raw["kernels"]),
@@ -169,6 +178,10 @@ class Engine:
         self._lock = threading.Lock()
         self._tokenizer: Tokenizer | None = None
         self._tokenizer_error: Exception | None = None
+
+    def metadata(self) -> dict[str, object]:
+        """Every GGUF metadata entry as the C parser read it; arrays, nested ones too, are lists."""
+        return self._model.metadata()
 
     # ---- text --------------------------------------------------------------------------------
 
@@ -285,7 +298,9 @@ class BatchSession:
         sampling: SamplingParams | None = None,
         stop: Sequence[str] | None = None,
         on_token: TokenCallback | None = None,
+        logprobs: int | None = None,
     ) -> int:
+        """`logprobs`: None for none, else how many top alternatives each step reports (0 = just the token)."""
         prompt = self._engine._check_ids(prompt_ids)
         if len(prompt) >= self._engine.info.n_ctx:
             raise EngineError(
@@ -311,7 +326,12 @@ class BatchSession:
         self._ctx.seq_reset(slot)
         seq_id = self._next_id
         self._next_id += 1
-        self._seqs[seq_id] = _Sequence(slot, prompt, max_tokens, [x for x in (stop or []) if x], sampler, on_token)
+        seq = _Sequence(slot, prompt, max_tokens, [x for x in (stop or []) if x], sampler, on_token)
+        if logprobs is not None:
+            if not 0 <= logprobs <= 20:
+                raise EngineError("logprobs takes 0 to 20 alternatives", "invalid_argument")
+            seq.logprobs = logprobs
+        self._seqs[seq_id] = seq
         return seq_id
 
     def finished(self, seq_id: int) -> bool:
@@ -356,7 +376,18 @@ class BatchSession:
         for k, (seq_id, s) in enumerate(running):
             s.prefilled = True
             token = s.sampler.sample(logits[k * row : (k + 1) * row], s.prompt + s.tokens)
-            events.append(self._advance(seq_id, s, token))
+            event = self._advance(seq_id, s, token)
+            if s.logprobs >= 0 and event.token is not None:
+                values = np.frombuffer(logits[k * row : (k + 1) * row], dtype=np.float32).astype(np.float64)
+                peak = float(values.max())
+                log_z = peak + float(np.log(np.exp(values - peak).sum()))
+                top: tuple[tuple[int, float], ...] = ()
+                if s.logprobs > 0:
+                    best = np.argpartition(-values, s.logprobs)[: s.logprobs]
+                    best = best[np.argsort(-values[best], kind="stable")]
+                    top = tuple((int(i), float(values[i] - log_z)) for i in best)
+                event = StepEvent(seq_id, event.token, event.finish_reason, float(values[token] - log_z), top)
+            events.append(event)
         return events
 
     def _advance(self, seq_id: int, s: _Sequence, token: int) -> StepEvent:

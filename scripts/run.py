@@ -47,7 +47,7 @@ def main() -> int:
         commands.append((
             f"region.{code}",
             [str(BIN / "celery"), "-A", "workers", "worker", "-Q", f"region.{code}", "-P", "threads",
-             "-c", env.get("MAX_BATCH", "4"), "-n", f"region-{code}@%h", "--loglevel", "INFO"],
+             "-c", env.get("WORKER_MAX_BATCH", "8"), "-n", f"region-{code}@%h", "--loglevel", "INFO"],
             {"REGION": code},
         ))
 

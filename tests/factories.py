@@ -118,3 +118,150 @@ def make_customer(*, email: str | None = None, slug: str | None = None, owner: U
     organization = make_org(owner=user, slug=slug, name="Customer", billing_country="AE")
     _, secret = make_api_key(organization, user, name="ci")
     return Customer(user=user, organization=organization, api_key=secret)
+
+
+# --- Billing: prices, FX, credit and holds (built through the billing services) --------------------------
+# This block was appended after the shared factories; its imports stay with it (the lead may hoist them).
+
+from datetime import UTC  # noqa: E402
+
+from django.utils import timezone  # noqa: E402
+
+from billing.models import CreditGrant, CreditHold, FxRate, PriceBookEntry  # noqa: E402
+from billing.services import credit_grant_create, fx_rate_add, hold_place, price_entry_add  # noqa: E402
+
+BILLING_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def make_prices(
+    *,
+    model_name: str = "SmolLM2-135M-Instruct",
+    region: str = "dxb",
+    input_usd_per_million: str = "1.00",
+    output_usd_per_million: str = "2.00",
+    effective_from: datetime = BILLING_EPOCH,
+) -> tuple[PriceBookEntry, PriceBookEntry]:
+    """An input and an output price version of one model in one region."""
+    input_entry, output_entry = (
+        price_entry_add(
+            actor=TEST_ACTOR,
+            model_name=model_name,
+            region=region,
+            token_kind=kind,
+            usd_per_million=price,
+            effective_from=effective_from,
+        )
+        for kind, price in (("input", input_usd_per_million), ("output", output_usd_per_million))
+    )
+    return input_entry, output_entry
+
+
+def make_fx(currency: str, per_usd: str, *, effective_from: datetime = BILLING_EPOCH) -> FxRate:
+    return fx_rate_add(actor=TEST_ACTOR, currency=currency, per_usd=per_usd, effective_from=effective_from)
+
+
+def make_grant(
+    organization: Organization,
+    amount: str = "10.00",
+    *,
+    expires_at: datetime | None = None,
+    priority: int = 100,
+    reason: str = "test credit",
+) -> CreditGrant:
+    return credit_grant_create(
+        actor=TEST_ACTOR,
+        organization=organization,
+        amount=amount,
+        currency=organization.billing_currency,
+        expires_at=expires_at,
+        priority=priority,
+        reason=reason,
+    )
+
+
+def make_hold(
+    organization: Organization,
+    *,
+    request_id: str | None = None,
+    model_name: str = "SmolLM2-135M-Instruct",
+    region: str = "dxb",
+    input_tokens: int = 1000,
+    max_output_tokens: int = 1000,
+    at: datetime | None = None,
+) -> CreditHold:
+    return hold_place(
+        organization=organization,
+        request_id=request_id or _unique("req"),
+        model_name=model_name,
+        region=region,
+        input_tokens=input_tokens,
+        max_output_tokens=max_output_tokens,
+        at=at or timezone.now(),
+    )
+
+
+# --- Inference: request index rows and their regional content ---------------------------------------------
+# Rows made directly, not through admission (which needs a live fleet, quotas and a tokenizer): for tests of
+# reads (the request log, the admin). This block was appended after the shared factories; its imports stay
+# with it (the lead may hoist them).
+
+from datetime import timedelta  # noqa: E402
+from typing import Any  # noqa: E402
+
+from controlplane.core.regions import region_db_alias  # noqa: E402
+from controlplane.core.scoping import org_scope  # noqa: E402
+from controlplane.inference.models import InferenceRequest, RequestContent  # noqa: E402
+
+
+def make_inference_request(
+    organization: Organization | None = None, *, created_at: datetime | None = None, **fields: Any
+) -> InferenceRequest:
+    """A completed chat request in Dubai (a fresh organisation unless one is given); any model field may be
+    overridden. `created_at` is set after the insert (the column is filled on insert otherwise)."""
+    organization = organization or make_org(billing_country="AE")
+    now = timezone.now()
+    values: dict[str, Any] = {
+        "request_id": f"req_{uuid.uuid4().hex[:24]}",
+        "kind": InferenceRequest.Kind.CHAT,
+        "model_name": "SmolLM2-135M-Instruct",
+        "region": "dxb",
+        "country": "AE",
+        "accelerator_class": "nvidia-t4",
+        "workload": "interactive",
+        "status": InferenceRequest.Status.COMPLETED,
+        "prompt_tokens": 12,
+        "max_tokens": 64,
+        "completion_tokens": 20,
+        "finish_reason": "stop",
+        "retention_days": 30,
+        "deadline_at": now + timedelta(minutes=5),
+        "completed_at": now,
+        "timings": {"admission_ms": 3.5, "generate_ms": 120.0},
+        **fields,
+    }
+    values.setdefault("reserved_tokens", values["prompt_tokens"] + values["max_tokens"])
+    with org_scope(organization.pk):
+        row: InferenceRequest = InferenceRequest.objects.create(organization=organization, **values)
+    if created_at is not None:
+        InferenceRequest.objects.unscoped_all_orgs().filter(pk=row.pk).update(created_at=created_at)
+        row.created_at = created_at
+    return row
+
+
+def make_request_content(request: InferenceRequest, **fields: Any) -> RequestContent:
+    """The request's content, written to its region's store only: by default a one-message chat body and
+    its stored response, kept for the request's retention."""
+    values: dict[str, Any] = {
+        "body": {
+            "endpoint": "chat",
+            "request": {"model": request.model_name, "messages": [{"role": "user", "content": "Hello"}]},
+        },
+        "completion": {"status": 200, "response": {"id": request.request_id, "object": "chat.completion"}},
+        "salt": uuid.uuid4().hex,
+        "expires_at": timezone.now() + timedelta(days=request.retention_days or 1),
+        **fields,
+    }
+    content: RequestContent = RequestContent.objects.using(region_db_alias(request.region)).create(
+        region=request.region, request_id=request.request_id, organization_id=request.organization_id, **values
+    )
+    return content

@@ -24,9 +24,7 @@ def worker_region() -> str | None:
     return region
 
 
-def project_task(
-    *, name: str, region_bound: bool = False, **options: Any
-) -> Callable[[Callable[..., R]], Any]:
+def project_task(*, name: str, region_bound: bool = False, **options: Any) -> Callable[[Callable[..., R]], Any]:
     """Register a task by its constant name, results ignored.
 
     `region_bound` tasks take a `region` argument that must equal this worker's `REGION`; a task

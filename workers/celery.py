@@ -20,5 +20,10 @@ app.conf.accept_content = ["json"]
 app.conf.worker_hijack_root_logger = False
 app.conf.beat_schedule = {
     "host-health-sweep": {"task": "workers.host_health_sweep", "schedule": 60.0, "options": {"queue": CENTRAL_QUEUE}},
+    "requests-reap": {
+        "task": "workers.requests_reap",
+        "schedule": float(os.environ.get("REAPER_INTERVAL_S", "5")),
+        "options": {"queue": CENTRAL_QUEUE, "expires": 30},
+    },
 }
 app.autodiscover_tasks(["workers"], related_name="tasks")

@@ -2,3 +2,5 @@
 
 HOST_HEALTH_SWEEP = "workers.host_health_sweep"
 REGION_PING = "workers.region_ping"
+INFERENCE_RUN = "workers.inference_run"
+REQUESTS_REAP = "workers.requests_reap"

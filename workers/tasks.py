@@ -71,3 +71,32 @@ def host_health_sweep() -> None:
     for region, (live, silent) in sorted(per_region.items()):
         log = logger.warning if silent and not live else logger.info
         log("host health", extra={"region": region, "live_hosts": live, "silent_hosts": silent})
+
+
+@project_task(name=task_names.INFERENCE_RUN, region_bound=True, acks_late=True)
+def inference_run(*, region: str, request_id: str, attempt: int) -> str:
+    """Runs one admitted request on this process's engine loop (see workers.inference for the
+    retry policy: the reaper, not Celery, retries; a stale delivery claims nothing)."""
+    from workers.inference import inference_run as run
+
+    return run(region=region, request_id=request_id, attempt=attempt)
+
+
+@project_task(name=task_names.REQUESTS_REAP)
+def requests_reap() -> None:
+    """Beat, every REAPER_INTERVAL_S: recovers expired leases, fails stranded requests, re-sends the
+    outbox, purges content past retention. Safe to overlap: every step locks or claims its row."""
+    from controlplane.inference.services import requests_reap as reap
+
+    report = reap()
+    if any(vars(report).values()):
+        logger.info("reaper", extra=vars(report))
+
+
+def _stop_loops(**_: Any) -> None:
+    from workers.inference import loops_stop
+
+    loops_stop()
+
+
+worker_shutdown.connect(_stop_loops, weak=False)

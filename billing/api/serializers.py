@@ -1,4 +1,4 @@
-"""Input and output serializers of the operators' FX and tax tables."""
+"""Input and output serializers of the operators' FX and tax tables and of an organisation's balance."""
 
 from __future__ import annotations
 
@@ -37,3 +37,16 @@ class TaxRateAddInputSerializer(StrictInputSerializer):
     rate_percent = serializers.DecimalField(max_digits=6, decimal_places=3)
     effective_from = serializers.DateField()
     note = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class BalanceOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]  # drf-stubs: generic over the instance
+    """Amounts are exact decimal strings in the billing currency (six places: whole micro-units)."""
+
+    currency = serializers.CharField()
+    billing_mode = serializers.ChoiceField(choices=[("prepaid", "prepaid"), ("postpaid", "postpaid")])
+    granted = serializers.DecimalField(max_digits=26, decimal_places=6, help_text="unexpired credit granted")
+    settled = serializers.DecimalField(max_digits=26, decimal_places=6, help_text="of it, spent by settled requests")
+    held = serializers.DecimalField(max_digits=26, decimal_places=6, help_text="reserved by requests in flight")
+    available = serializers.DecimalField(
+        max_digits=26, decimal_places=6, help_text="granted - settled - held; prepaid: never negative"
+    )

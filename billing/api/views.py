@@ -1,9 +1,10 @@
-"""Operator routes of the effective-dated FX and tax tables: list the versions, add a version."""
+"""Operator routes of the effective-dated FX and tax tables, and an organisation's credit balance."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
@@ -11,14 +12,19 @@ from rest_framework.response import Response
 
 from billing import selectors, services
 from billing.api.serializers import (
+    BalanceOutputSerializer,
     FxRateAddInputSerializer,
     FxRateOutputSerializer,
     TaxRateAddInputSerializer,
     TaxRateOutputSerializer,
 )
+from billing.models import CreditGrant
+from controlplane.core import money
 from controlplane.core.api.pagination import CreatedCursorPagination
 from controlplane.core.api.views import OperatorAPIView
 from controlplane.core.services import actor_of_request
+from tenants.api.base import OrgScopedAPIView
+from tenants.scopes import Scope
 
 
 class OpsFxRateListView(OperatorAPIView):
@@ -75,3 +81,25 @@ class OpsTaxRateListView(OperatorAPIView):
         data: dict[str, Any] = payload.validated_data
         tax_rate = services.tax_rate_add(actor=actor_of_request(request), **data)
         return Response(TaxRateOutputSerializer(tax_rate).data, status=status.HTTP_201_CREATED)
+
+
+class OrgBillingBalanceView(OrgScopedAPIView):
+    required_scopes: ClassVar[dict[str, str]] = {"GET": Scope.BILLING_READ}
+    serializer_class = BalanceOutputSerializer
+
+    def scoped_queryset(self) -> QuerySet[CreditGrant]:
+        grants: QuerySet[CreditGrant] = CreditGrant.objects.filter(organization=self.organization)
+        return grants
+
+    @extend_schema(operation_id="orgs_billing_balance_retrieve", responses=BalanceOutputSerializer, tags=["billing"])
+    def get(self, request: Request, org: str) -> Response:
+        balance = selectors.balance_get(organization=self.organization)
+        body = {
+            "currency": balance.currency,
+            "billing_mode": balance.billing_mode,
+            "granted": money.micros_to_units(balance.granted),
+            "settled": money.micros_to_units(balance.settled),
+            "held": money.micros_to_units(balance.held),
+            "available": money.micros_to_units(balance.available),
+        }
+        return Response(BalanceOutputSerializer(body).data)

@@ -1,5 +1,6 @@
 """Placement: the pure policy function shared by live admission and the trace-driven simulator.
 
-Declared now so that the import-linter layers hold from the first commit; the policy itself is
-built with the inference path.
+``policy`` (pure: request and host states in, a placement or a reasoned refusal out), ``perf`` (pure
+roofline estimates per accelerator class and model) and ``fleet_view`` (the one ORM adapter that builds
+host states from the fleet's selectors).
 """

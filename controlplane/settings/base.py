@@ -14,6 +14,7 @@ env = Env()
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(env.string("DATA_DIR", str(BASE_DIR / "var")))
+RECEIPT_KEY_DIR = Path(env.string("RECEIPT_KEY_DIR", str(DATA_DIR / "keys")))
 
 DEBUG = env.boolean("DEBUG", False)
 SECRET_KEY = env.string("SECRET_KEY", "insecure-development-secret-key-set-SECRET_KEY-in-production")
@@ -76,11 +77,25 @@ TEMPLATES = [
 
 # --- Databases: one central store and one store per region (DESIGN section 3) -----------------
 
+# Connections per process and PostgreSQL database (0: no pool, one connection per thread).
+DB_POOL_MAX_SIZE = env.integer("DB_POOL_MAX_SIZE", 8, minimum=0)
+
+
 def _database(url: str) -> dict[str, Any]:
     try:
         config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
     except ValueError as exc:
         raise ConfigError(f"cannot parse database URL: {exc}") from exc
+    if config["ENGINE"] == "django.db.backends.postgresql" and DB_POOL_MAX_SIZE > 0:
+        # A pool per process and database: under ASGI each request may run on a new thread, and
+        # persistent per-thread connections would pile up until the server refuses clients.
+        config["CONN_MAX_AGE"] = 0
+        config.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": DB_POOL_MAX_SIZE,
+            "max_idle": 60,
+            "timeout": 10,
+        }
     if config["ENGINE"] == "django.db.backends.sqlite3":
         Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
         config["CONN_MAX_AGE"] = 0
@@ -151,6 +166,29 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "central"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 HOST_HEARTBEAT_INTERVAL_S = env.integer("HOST_HEARTBEAT_INTERVAL_S", 15, minimum=1)
+
+# --- Inference requests (DESIGN section 4) --------------------------------------------------------
+# A running request's database lease; the worker renews it every third of this, the reaper takes
+# back requests whose lease ran out (a killed worker), long before the broker's visibility timeout.
+REQUEST_LEASE_S = env.integer("REQUEST_LEASE_S", 15, minimum=3)
+# A request not finished this long after admission fails and its hold is released.
+REQUEST_DEADLINE_S = env.integer("REQUEST_DEADLINE_S", 600, minimum=10)
+REQUEST_MAX_ATTEMPTS = env.integer("REQUEST_MAX_ATTEMPTS", 3, minimum=1)
+# Queued requests per region beyond which admission answers 503 region_busy instead of queueing forever.
+REGION_QUEUE_CAP = env.integer("REGION_QUEUE_CAP", 256, minimum=1)
+# Batch slots of one regional worker process: its Celery thread count and its engine batch size.
+WORKER_MAX_BATCH = env.integer("WORKER_MAX_BATCH", 8, minimum=1)
+WORKER_THREADS = env.integer("WORKER_THREADS", 2, minimum=1)
+# The context a worker's engine serves (KV cache per batch slot); admission counts against
+# min(this, the model's trained context).
+INFERENCE_CONTEXT_TOKENS = env.integer("INFERENCE_CONTEXT_TOKENS", 2048, minimum=64)
+# Threads per web process that run the synchronous ORM work of /v1 requests (admission); each holds
+# one connection per database it touches.
+WEB_DB_THREADS = env.integer("WEB_DB_THREADS", 8, minimum=1)
+IDEMPOTENCY_TTL_S = env.integer("IDEMPOTENCY_TTL_S", 86400, minimum=60)
+# Token streams in the regional Redis expire this long after their last event.
+STREAM_TTL_S = env.integer("STREAM_TTL_S", 900, minimum=60)
+REAPER_INTERVAL_S = env.integer("REAPER_INTERVAL_S", 5, minimum=1)
 HOST_HEARTBEAT_STALE_S = env.integer("HOST_HEARTBEAT_STALE_S", 60, minimum=5)
 
 

@@ -60,7 +60,10 @@ typedef enum sov_tensor_type {
     SOV_TYPE_Q8_0 = 8, SOV_TYPE_BF16 = 30
 } sov_tensor_type;
 
-/* One scalar metadata value; strings point into the mapped file and are not NUL-terminated. */
+/* An array of metadata values, owned by its sov_gguf. Arrays may nest (at most 8 deep). */
+typedef struct sov_gguf_array sov_gguf_array;
+
+/* One metadata value; strings point into the mapped file and are not NUL-terminated. */
 typedef struct sov_gguf_value {
     sov_gguf_type type;
     union {
@@ -68,6 +71,7 @@ typedef struct sov_gguf_value {
         int64_t i64;    /* INT8/16/32/64 */
         double f64;     /* FLOAT32/64 */
         struct { const char *data; uint64_t size; } str;
+        const sov_gguf_array *array;    /* ARRAY: an element of an array of arrays */
     } as;
 } sov_gguf_value;
 
@@ -98,6 +102,12 @@ sov_status sov_gguf_kv_type(const sov_gguf *gguf, uint64_t i, sov_gguf_type *typ
                             sov_gguf_type *element_type, uint64_t *length);
 /* The scalar value of entry i (element is ignored) or element `element` of an array. */
 sov_status sov_gguf_kv_value(const sov_gguf *gguf, uint64_t i, uint64_t element, sov_gguf_value *out);
+/* The array of entry i; SOV_ERR_INVALID_ARGUMENT if it is not an array. */
+sov_status sov_gguf_kv_array(const sov_gguf *gguf, uint64_t i, const sov_gguf_array **out);
+/* An array's element type and length. */
+sov_status sov_gguf_array_type(const sov_gguf_array *array, sov_gguf_type *element_type, uint64_t *length);
+/* Element `element` of an array; for arrays of arrays, a value of type ARRAY holding the nested one. */
+sov_status sov_gguf_array_value(const sov_gguf_array *array, uint64_t element, sov_gguf_value *out);
 
 uint64_t sov_gguf_tensor_count(const sov_gguf *gguf);
 sov_status sov_gguf_tensor_info_get(const sov_gguf *gguf, uint64_t i, sov_gguf_tensor_info *out);
@@ -129,6 +139,7 @@ typedef struct sov_model_info {
     char architecture[32];
     uint32_t n_layer, n_embd, n_head, n_head_kv, head_dim, n_rot, n_ff, n_vocab, n_ctx_train;
     float rope_freq_base, rms_norm_eps;
+    float rope_freq_scale;  /* 1 / the linear RoPE scaling factor; 1 without scaling */
     int32_t tied_output;    /* 1 when the token embeddings double as the output head */
     int32_t bos_token, eos_token;   /* -1 when the file names none */
     char kernels[16];       /* "scalar", "avx2" or "avx512" */

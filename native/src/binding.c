@@ -134,12 +134,14 @@ static PyObject *Model_info(ModelObject *self, PyObject *unused) {
     if (!model_ready(self)) return NULL;
     sov_model_info in;
     sov_model_info_get(self->model, &in);
-    return Py_BuildValue("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:d,s:d,s:O,s:i,s:i,s:s}", "architecture", in.architecture, "n_layer", in.n_layer,
-                         "n_embd", in.n_embd, "n_head", in.n_head, "n_head_kv", in.n_head_kv, "head_dim", in.head_dim, "n_rot", in.n_rot, "n_ff",
-                         in.n_ff, "n_vocab", in.n_vocab, "n_ctx_train", in.n_ctx_train, "rope_freq_base", (double)in.rope_freq_base,
-                         "rms_norm_eps", (double)in.rms_norm_eps, "tied_output", in.tied_output ? Py_True : Py_False, "bos_token", in.bos_token,
-                         "eos_token", in.eos_token, "kernels", in.kernels);
+    return Py_BuildValue("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:d,s:d,s:d,s:O,s:i,s:i,s:s}", "architecture", in.architecture, "n_layer",
+                         in.n_layer, "n_embd", in.n_embd, "n_head", in.n_head, "n_head_kv", in.n_head_kv, "head_dim", in.head_dim, "n_rot", in.n_rot,
+                         "n_ff", in.n_ff, "n_vocab", in.n_vocab, "n_ctx_train", in.n_ctx_train, "rope_freq_base", (double)in.rope_freq_base,
+                         "rope_freq_scale", (double)in.rope_freq_scale, "rms_norm_eps", (double)in.rms_norm_eps, "tied_output",
+                         in.tied_output ? Py_True : Py_False, "bos_token", in.bos_token, "eos_token", in.eos_token, "kernels", in.kernels);
 }
+
+static PyObject *array_to_python(const sov_gguf_array *array);
 
 static PyObject *value_to_python(const sov_gguf_value *v) {
     switch (v->type) {
@@ -148,9 +150,27 @@ static PyObject *value_to_python(const sov_gguf_value *v) {
     case SOV_GGUF_FLOAT32: case SOV_GGUF_FLOAT64: return PyFloat_FromDouble(v->as.f64);
     case SOV_GGUF_BOOL: return PyBool_FromLong((long)v->as.u64);
     case SOV_GGUF_STRING: return PyUnicode_DecodeUTF8(v->as.str.data, (Py_ssize_t)v->as.str.size, "replace");
-    case SOV_GGUF_ARRAY: break;
+    case SOV_GGUF_ARRAY: return array_to_python(v->as.array);
     }
     Py_RETURN_NONE;
+}
+
+/* A list, nested as deep as the file's arrays (the parser caps that depth, and so this recursion). */
+static PyObject *array_to_python(const sov_gguf_array *array) {
+    sov_gguf_type element_type;
+    uint64_t length;
+    sov_status st = sov_gguf_array_type(array, &element_type, &length);
+    if (st != SOV_OK) return raise_status(st);
+    if (length > (uint64_t)PY_SSIZE_T_MAX) return PyErr_NoMemory();
+    PyObject *list = PyList_New((Py_ssize_t)length);
+    for (uint64_t e = 0; list && e < length; e++) {
+        sov_gguf_value v;
+        st = sov_gguf_array_value(array, e, &v);
+        PyObject *item = st == SOV_OK ? value_to_python(&v) : raise_status(st);
+        if (!item) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, (Py_ssize_t)e, item);
+    }
+    return list;
 }
 
 static PyObject *Model_metadata(ModelObject *self, PyObject *unused) {
@@ -160,19 +180,13 @@ static PyObject *Model_metadata(ModelObject *self, PyObject *unused) {
     PyObject *out = PyDict_New();
     if (!out) return NULL;
     for (uint64_t i = 0; i < sov_gguf_kv_count(g); i++) {
-        sov_gguf_type type, element_type;
-        uint64_t length;
-        sov_gguf_kv_type(g, i, &type, &element_type, &length);
+        sov_gguf_type type;
+        sov_gguf_kv_type(g, i, &type, NULL, NULL);
         PyObject *value;
         if (type == SOV_GGUF_ARRAY) {
-            value = PyList_New((Py_ssize_t)length);
-            for (uint64_t e = 0; value && e < length; e++) {
-                sov_gguf_value v;
-                sov_gguf_kv_value(g, i, e, &v);
-                PyObject *item = value_to_python(&v);
-                if (!item) Py_CLEAR(value);
-                else PyList_SET_ITEM(value, (Py_ssize_t)e, item);
-            }
+            const sov_gguf_array *array;
+            sov_status st = sov_gguf_kv_array(g, i, &array);
+            value = st == SOV_OK ? array_to_python(array) : raise_status(st);
         } else {
             sov_gguf_value v;
             sov_gguf_kv_value(g, i, 0, &v);

@@ -16,14 +16,25 @@
 #define GGUF_MAGIC 0x46554747u /* "GGUF" read as a little-endian uint32 */
 #define GGUF_DEFAULT_ALIGNMENT 32u
 #define GGUF_MAX_DIMS 4u
+/* Limits on nested arrays, which the format leaves open. Each nested array or string costs us a
+ * record, so without a budget a large file of empty arrays would cost many times its size in
+ * memory; top-level arrays (vocabularies, merges) are bounded by the file's size alone. */
+#define GGUF_MAX_ARRAY_DEPTH 8u
+#define GGUF_MAX_NESTED_ELEMENTS (1u << 20)
+
+struct sov_gguf_array {
+    sov_gguf_type element_type;
+    uint64_t length;
+    const uint8_t *data;            /* the first element */
+    uint64_t *string_offsets;       /* STRING elements: offset of each from data */
+    sov_gguf_array *nested;         /* ARRAY elements: one node per element */
+};
 
 typedef struct gguf_kv {
     char *key;
     sov_gguf_type type;
-    sov_gguf_type element_type;     /* arrays only */
-    uint64_t length;                /* arrays only */
-    const uint8_t *data;            /* the value (scalars, strings) or first element (arrays) */
-    uint64_t *string_offsets;       /* arrays of strings: offset of each element from data */
+    const uint8_t *data;            /* scalars and strings */
+    sov_gguf_array array;           /* arrays */
 } gguf_kv;
 
 struct sov_gguf {
@@ -92,43 +103,73 @@ static bool is_known_value_type(uint32_t t) { return t <= SOV_GGUF_FLOAT64; }
  * Parsing
  * ------------------------------------------------------------------------------------- */
 
-static sov_status parse_value(reader *r, gguf_kv *kv, uint64_t index) {
-    kv->data = r->base + r->pos;
-    if (kv->type == SOV_GGUF_STRING) {
-        const uint8_t *s;
-        uint64_t len;
-        if (!read_string(r, &s, &len)) return sov_fail(SOV_ERR_FORMAT, "metadata %llu: string runs past the end", (unsigned long long)index);
-        return SOV_OK;
-    }
-    if (kv->type != SOV_GGUF_ARRAY) {
-        const uint8_t *p;
-        if (!take(r, scalar_size(kv->type), &p)) return sov_fail(SOV_ERR_FORMAT, "metadata %llu: value runs past the end", (unsigned long long)index);
-        return SOV_OK;
-    }
+/* Where parsing one metadata value stands: the key (for messages) and what is left of the
+ * nested-element budget. */
+typedef struct value_parse {
+    const char *key;
+    uint64_t nested_budget;
+} value_parse;
+
+static sov_status parse_array(reader *r, value_parse *vp, sov_gguf_array *a, uint32_t depth) {
+    if (depth > GGUF_MAX_ARRAY_DEPTH)
+        return sov_fail(SOV_ERR_UNSUPPORTED, "metadata '%s': arrays nested %u deep (the limit is %u)", vp->key, depth, GGUF_MAX_ARRAY_DEPTH);
     uint32_t et;
-    if (!read_u32(r, &et) || !read_u64(r, &kv->length))
-        return sov_fail(SOV_ERR_FORMAT, "metadata %llu: array header runs past the end", (unsigned long long)index);
-    if (!is_known_value_type(et)) return sov_fail(SOV_ERR_FORMAT, "metadata %llu: unknown array element type %u", (unsigned long long)index, et);
-    if (et == SOV_GGUF_ARRAY) return sov_fail(SOV_ERR_UNSUPPORTED, "metadata %llu: nested arrays are not supported", (unsigned long long)index);
-    kv->element_type = (sov_gguf_type)et;
-    kv->data = r->base + r->pos;
+    if (!read_u32(r, &et) || !read_u64(r, &a->length)) return sov_fail(SOV_ERR_FORMAT, "metadata '%s': array header runs past the end", vp->key);
+    if (!is_known_value_type(et)) return sov_fail(SOV_ERR_FORMAT, "metadata '%s': unknown array element type %u", vp->key, et);
+    a->element_type = (sov_gguf_type)et;
+    a->data = r->base + r->pos;
     size_t remaining = r->size - r->pos;
+    if (et != SOV_GGUF_STRING && et != SOV_GGUF_ARRAY) {
+        size_t es = scalar_size(a->element_type);
+        if (a->length > remaining / es) return sov_fail(SOV_ERR_FORMAT, "metadata '%s': array of %llu elements runs past the end", vp->key, (unsigned long long)a->length);
+        r->pos += (size_t)a->length * es;
+        return SOV_OK;
+    }
+    /* A string takes at least its 8-byte length and an array its 12-byte header: this bounds
+     * the count by the bytes left before anything is allocated. */
+    size_t least = et == SOV_GGUF_STRING ? 8 : 12;
+    if (a->length > remaining / least)
+        return sov_fail(SOV_ERR_FORMAT, "metadata '%s': array of %llu %s runs past the end", vp->key, (unsigned long long)a->length,
+                        et == SOV_GGUF_STRING ? "strings" : "arrays");
+    if (depth > 1 || et == SOV_GGUF_ARRAY) {
+        if (a->length > vp->nested_budget)
+            return sov_fail(SOV_ERR_UNSUPPORTED, "metadata '%s': nested arrays hold more than %u strings and arrays (the limit)", vp->key,
+                            GGUF_MAX_NESTED_ELEMENTS);
+        vp->nested_budget -= a->length;
+    }
+    size_t n = (size_t)(a->length ? a->length : 1);
     if (et == SOV_GGUF_STRING) {
-        /* Each string takes at least its 8-byte length, which bounds the count before allocating. */
-        if (kv->length > remaining / 8) return sov_fail(SOV_ERR_FORMAT, "metadata %llu: %llu strings cannot fit in the file", (unsigned long long)index, (unsigned long long)kv->length);
-        kv->string_offsets = malloc((size_t)(kv->length ? kv->length : 1) * sizeof(uint64_t));
-        if (!kv->string_offsets) return sov_fail(SOV_ERR_NOMEM, "metadata %llu: string array", (unsigned long long)index);
-        for (uint64_t i = 0; i < kv->length; i++) {
-            kv->string_offsets[i] = (uint64_t)(r->base + r->pos - kv->data);
+        a->string_offsets = malloc(n * sizeof(uint64_t));
+        if (!a->string_offsets) return sov_fail(SOV_ERR_NOMEM, "metadata '%s': string array", vp->key);
+        for (uint64_t i = 0; i < a->length; i++) {
+            a->string_offsets[i] = (uint64_t)(r->base + r->pos - a->data);
             const uint8_t *s;
             uint64_t len;
-            if (!read_string(r, &s, &len)) return sov_fail(SOV_ERR_FORMAT, "metadata %llu: string %llu runs past the end", (unsigned long long)index, (unsigned long long)i);
+            if (!read_string(r, &s, &len)) return sov_fail(SOV_ERR_FORMAT, "metadata '%s': string %llu runs past the end", vp->key, (unsigned long long)i);
         }
         return SOV_OK;
     }
-    size_t es = scalar_size((sov_gguf_type)et);
-    if (kv->length > remaining / es) return sov_fail(SOV_ERR_FORMAT, "metadata %llu: array of %llu elements runs past the end", (unsigned long long)index, (unsigned long long)kv->length);
-    r->pos += (size_t)kv->length * es;
+    /* calloc, so that a failure part-way leaves every later node empty for array_free() */
+    a->nested = calloc(n, sizeof(sov_gguf_array));
+    if (!a->nested) return sov_fail(SOV_ERR_NOMEM, "metadata '%s': nested arrays", vp->key);
+    for (uint64_t i = 0; i < a->length; i++) {
+        sov_status st = parse_array(r, vp, &a->nested[i], depth + 1);
+        if (st != SOV_OK) return st;
+    }
+    return SOV_OK;
+}
+
+static sov_status parse_value(reader *r, value_parse *vp, gguf_kv *kv) {
+    kv->data = r->base + r->pos;
+    if (kv->type == SOV_GGUF_ARRAY) return parse_array(r, vp, &kv->array, 1);
+    if (kv->type == SOV_GGUF_STRING) {
+        const uint8_t *s;
+        uint64_t len;
+        if (!read_string(r, &s, &len)) return sov_fail(SOV_ERR_FORMAT, "metadata '%s': string runs past the end", vp->key);
+        return SOV_OK;
+    }
+    const uint8_t *p;
+    if (!take(r, scalar_size(kv->type), &p)) return sov_fail(SOV_ERR_FORMAT, "metadata '%s': value runs past the end", vp->key);
     return SOV_OK;
 }
 
@@ -137,6 +178,7 @@ static sov_status parse_kv(sov_gguf *g, reader *r) {
     if (g->n_kv > (r->size - r->pos) / 13) return sov_fail(SOV_ERR_FORMAT, "%llu metadata entries cannot fit in the file", (unsigned long long)g->n_kv);
     g->kv = calloc((size_t)(g->n_kv ? g->n_kv : 1), sizeof(gguf_kv));
     if (!g->kv) return sov_fail(SOV_ERR_NOMEM, "metadata table");
+    value_parse vp = {NULL, GGUF_MAX_NESTED_ELEMENTS};
     for (uint64_t i = 0; i < g->n_kv; i++) {
         gguf_kv *kv = &g->kv[i];
         const uint8_t *key;
@@ -147,10 +189,11 @@ static sov_status parse_kv(sov_gguf *g, reader *r) {
         if (!kv->key) return sov_fail(SOV_ERR_NOMEM, "metadata key");
         memcpy(kv->key, key, (size_t)key_len);
         kv->key[key_len] = '\0';
+        vp.key = kv->key;
         if (!read_u32(r, &type)) return sov_fail(SOV_ERR_FORMAT, "metadata '%s': type runs past the end", kv->key);
         if (!is_known_value_type(type)) return sov_fail(SOV_ERR_FORMAT, "metadata '%s': unknown value type %u", kv->key, type);
         kv->type = (sov_gguf_type)type;
-        sov_status st = parse_value(r, kv, i);
+        sov_status st = parse_value(r, &vp, kv);
         if (st != SOV_OK) return st;
     }
     return SOV_OK;
@@ -279,12 +322,21 @@ sov_status sov_gguf_open(const char *path, sov_gguf **out) {
     return SOV_OK;
 }
 
+/* Recursion is bounded by GGUF_MAX_ARRAY_DEPTH; nodes past a parse failure are still zeroed. */
+static void array_free(sov_gguf_array *a) {
+    if (a->nested) {
+        for (uint64_t i = 0; i < a->length; i++) array_free(&a->nested[i]);
+    }
+    free(a->nested);
+    free(a->string_offsets);
+}
+
 void sov_gguf_free(sov_gguf *g) {
     if (!g) return;
     if (g->kv) {
         for (uint64_t i = 0; i < g->n_kv; i++) {
             free(g->kv[i].key);
-            free(g->kv[i].string_offsets);
+            array_free(&g->kv[i].array);
         }
     }
     if (g->tensors) {
@@ -318,9 +370,10 @@ sov_status sov_gguf_kv_find(const sov_gguf *g, const char *key, uint64_t *index)
 
 sov_status sov_gguf_kv_type(const sov_gguf *g, uint64_t i, sov_gguf_type *type, sov_gguf_type *element_type, uint64_t *length) {
     if (i >= g->n_kv) return sov_fail(SOV_ERR_INVALID_ARGUMENT, "metadata index %llu out of range", (unsigned long long)i);
-    if (type) *type = g->kv[i].type;
-    if (element_type) *element_type = g->kv[i].element_type;
-    if (length) *length = g->kv[i].type == SOV_GGUF_ARRAY ? g->kv[i].length : 1;
+    const gguf_kv *kv = &g->kv[i];
+    if (type) *type = kv->type;
+    if (element_type) *element_type = kv->array.element_type;
+    if (length) *length = kv->type == SOV_GGUF_ARRAY ? kv->array.length : 1;
     return SOV_OK;
 }
 
@@ -349,6 +402,18 @@ static void decode_scalar(sov_gguf_type type, const uint8_t *p, sov_gguf_value *
     }
 }
 
+/* The caller has checked that element < a->length. */
+static void array_value(const sov_gguf_array *a, uint64_t element, sov_gguf_value *out) {
+    switch (a->element_type) {
+    case SOV_GGUF_STRING: decode_scalar(SOV_GGUF_STRING, a->data + a->string_offsets[element], out); break;
+    case SOV_GGUF_ARRAY:
+        out->type = SOV_GGUF_ARRAY;
+        out->as.array = &a->nested[element];
+        break;
+    default: decode_scalar(a->element_type, a->data + element * scalar_size(a->element_type), out); break;
+    }
+}
+
 sov_status sov_gguf_kv_value(const sov_gguf *g, uint64_t i, uint64_t element, sov_gguf_value *out) {
     if (i >= g->n_kv) return sov_fail(SOV_ERR_INVALID_ARGUMENT, "metadata index %llu out of range", (unsigned long long)i);
     const gguf_kv *kv = &g->kv[i];
@@ -356,9 +421,30 @@ sov_status sov_gguf_kv_value(const sov_gguf *g, uint64_t i, uint64_t element, so
         decode_scalar(kv->type, kv->data, out);
         return SOV_OK;
     }
-    if (element >= kv->length) return sov_fail(SOV_ERR_INVALID_ARGUMENT, "'%s' has no element %llu", kv->key, (unsigned long long)element);
-    if (kv->element_type == SOV_GGUF_STRING) decode_scalar(SOV_GGUF_STRING, kv->data + kv->string_offsets[element], out);
-    else decode_scalar(kv->element_type, kv->data + element * scalar_size(kv->element_type), out);
+    if (element >= kv->array.length) return sov_fail(SOV_ERR_INVALID_ARGUMENT, "'%s' has no element %llu", kv->key, (unsigned long long)element);
+    array_value(&kv->array, element, out);
+    return SOV_OK;
+}
+
+sov_status sov_gguf_kv_array(const sov_gguf *g, uint64_t i, const sov_gguf_array **out) {
+    if (i >= g->n_kv) return sov_fail(SOV_ERR_INVALID_ARGUMENT, "metadata index %llu out of range", (unsigned long long)i);
+    if (g->kv[i].type != SOV_GGUF_ARRAY) return sov_fail(SOV_ERR_INVALID_ARGUMENT, "metadata '%s' is not an array", g->kv[i].key);
+    *out = &g->kv[i].array;
+    return SOV_OK;
+}
+
+sov_status sov_gguf_array_type(const sov_gguf_array *a, sov_gguf_type *element_type, uint64_t *length) {
+    if (!a) return sov_fail(SOV_ERR_INVALID_ARGUMENT, "sov_gguf_array_type: NULL array");
+    if (element_type) *element_type = a->element_type;
+    if (length) *length = a->length;
+    return SOV_OK;
+}
+
+sov_status sov_gguf_array_value(const sov_gguf_array *a, uint64_t element, sov_gguf_value *out) {
+    if (!a || !out) return sov_fail(SOV_ERR_INVALID_ARGUMENT, "sov_gguf_array_value: NULL argument");
+    if (element >= a->length)
+        return sov_fail(SOV_ERR_INVALID_ARGUMENT, "the array has no element %llu (length %llu)", (unsigned long long)element, (unsigned long long)a->length);
+    array_value(a, element, out);
     return SOV_OK;
 }
 

@@ -88,16 +88,17 @@ static sov_status meta_f32(const sov_gguf *g, const char *key, float *out, bool 
     return SOV_OK;
 }
 
-static sov_status meta_arch(const sov_gguf *g, char *out, size_t size) {
+/* A short, NUL-free string value (an architecture or a type name) copied into out. */
+static sov_status meta_name(const sov_gguf *g, const char *key, char *out, size_t size, bool required) {
     uint64_t i;
     sov_gguf_type t;
-    if (sov_gguf_kv_find(g, "general.architecture", &i) != SOV_OK) return sov_fail(SOV_ERR_FORMAT, "metadata 'general.architecture' is missing");
+    if (sov_gguf_kv_find(g, key, &i) != SOV_OK) return required ? sov_fail(SOV_ERR_FORMAT, "metadata '%s' is missing", key) : SOV_ERR_NOT_FOUND;
     sov_gguf_kv_type(g, i, &t, NULL, NULL);
-    if (t != SOV_GGUF_STRING) return sov_fail(SOV_ERR_FORMAT, "metadata 'general.architecture' is not a string");
+    if (t != SOV_GGUF_STRING) return sov_fail(SOV_ERR_FORMAT, "metadata '%s' is not a string", key);
     sov_gguf_value v;
     sov_gguf_kv_value(g, i, 0, &v);
     if (v.as.str.size >= size || memchr(v.as.str.data, '\0', (size_t)v.as.str.size))
-        return sov_fail(SOV_ERR_UNSUPPORTED, "architecture name of %llu bytes", (unsigned long long)v.as.str.size);
+        return sov_fail(SOV_ERR_UNSUPPORTED, "metadata '%s' is a name of %llu bytes", key, (unsigned long long)v.as.str.size);
     memcpy(out, v.as.str.data, (size_t)v.as.str.size);
     out[v.as.str.size] = '\0';
     return SOV_OK;
@@ -172,7 +173,7 @@ static sov_status load_layer(sov_model *m, uint32_t il) {
 static sov_status read_hparams(sov_model *m) {
     sov_model_info *in = &m->info;
     const sov_gguf *g = m->gguf;
-    sov_status st = meta_arch(g, in->architecture, sizeof in->architecture);
+    sov_status st = meta_name(g, "general.architecture", in->architecture, sizeof in->architecture, true);
     if (st != SOV_OK) return st;
     if (strcmp(in->architecture, "llama") == 0) m->rope_neox = 0;
     else if (strcmp(in->architecture, "qwen2") == 0) m->rope_neox = 1;
@@ -201,7 +202,20 @@ static sov_status read_hparams(sov_model *m) {
     if ((st = meta_u32(g, KEY("attention.key_length"), &in->head_dim, false)) != SOV_OK && st != SOV_ERR_NOT_FOUND) return st;
     in->n_rot = in->head_dim;
     if ((st = meta_u32(g, KEY("rope.dimension_count"), &in->n_rot, false)) != SOV_OK && st != SOV_ERR_NOT_FOUND) return st;
+    /* RoPE scaling as llama.cpp reads it: the type defaults to linear; the factor (or the older
+     * rope.scale_linear) divides positions; "none" turns any factor off. Other types (yarn,
+     * longrope) change more than positions, so running them as linear would be silently wrong. */
+    char scaling[32] = "linear";
+    if ((st = meta_name(g, KEY("rope.scaling.type"), scaling, sizeof scaling, false)) != SOV_OK && st != SOV_ERR_NOT_FOUND) return st;
+    float factor = 0.0f;
+    if ((st = meta_f32(g, KEY("rope.scaling.factor"), &factor, false)) == SOV_ERR_NOT_FOUND) st = meta_f32(g, KEY("rope.scale_linear"), &factor, false);
+    if (st != SOV_OK && st != SOV_ERR_NOT_FOUND) return st;
 #undef KEY
+    if (strcmp(scaling, "none") != 0 && strcmp(scaling, "linear") != 0)
+        return sov_fail(SOV_ERR_UNSUPPORTED, "RoPE scaling type '%s' (supported: none, linear)", scaling);
+    if (factor < 0.0f || (factor > 0.0f && !isfinite(1.0f / factor))) return sov_fail(SOV_ERR_FORMAT, "RoPE scaling factor %g is out of range", (double)factor);
+    /* a factor of 0 means "not set", as in llama.cpp */
+    in->rope_freq_scale = strcmp(scaling, "none") == 0 || factor == 0.0f ? 1.0f : 1.0f / factor;
     if (in->head_dim == 0 || in->head_dim > 4096 || in->n_rot > in->head_dim || in->n_rot % 2 != 0)
         return sov_fail(SOV_ERR_FORMAT, "head size %u with %u rotary dimensions", in->head_dim, in->n_rot);
     if (in->n_ctx_train == 0) return sov_fail(SOV_ERR_FORMAT, "context length 0");
@@ -247,7 +261,7 @@ static sov_status load_weights(sov_model *m) {
     m->rope_inv_freq = malloc((in->n_rot / 2 + 1) * sizeof(float));
     if (!m->rope_inv_freq) return sov_fail(SOV_ERR_NOMEM, "rope table");
     for (uint32_t i = 0; i < in->n_rot / 2; i++)
-        m->rope_inv_freq[i] = 1.0f / powf(in->rope_freq_base, (float)(2 * i) / (float)in->n_rot);
+        m->rope_inv_freq[i] = in->rope_freq_scale / powf(in->rope_freq_base, (float)(2 * i) / (float)in->n_rot);
     return SOV_OK;
 }
 

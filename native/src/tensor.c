@@ -8,6 +8,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define SOV_X86 1
 #endif
@@ -196,7 +197,11 @@ sov_isa sov_isa_detect(int force_scalar) {
     if (force_scalar) return SOV_ISA_SCALAR;
 #ifdef SOV_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    /* F16C through cpuid (leaf 1, ECX): clang's __builtin_cpu_supports does not know it, and the
+     * fuzz target builds this file with clang. */
+    unsigned eax, ebx, ecx = 0, edx;
+    bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vnni"))
             return SOV_ISA_AVX512;

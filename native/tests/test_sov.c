@@ -69,6 +69,10 @@ static void kv_str(buf *b, const char *k, const char *v) {
     put_u32(b, SOV_GGUF_STRING);
     put_str(b, v);
 }
+static void array_header(buf *b, sov_gguf_type element_type, uint64_t n) {
+    put_u32(b, element_type);
+    put_u64(b, n);
+}
 
 typedef struct tensor_spec {
     char name[64];
@@ -250,6 +254,146 @@ static void test_gguf_metadata(void) {
     free(file.data);
 }
 
+/* Arrays nested `depth` deep (1: a flat array) around the single uint8 element 7. */
+static void put_deep_array(buf *b, uint32_t depth) {
+    for (uint32_t d = 1; d < depth; d++) array_header(b, SOV_GGUF_ARRAY, 1);
+    array_header(b, SOV_GGUF_UINT8, 1);
+    put(b, "\x07", 1);
+}
+
+static void test_gguf_nested_arrays(void) {
+    buf kv = {0};
+    /* [["ab", "cde"], []] */
+    put_str(&kv, "strings");
+    put_u32(&kv, SOV_GGUF_ARRAY);
+    array_header(&kv, SOV_GGUF_ARRAY, 2);
+    array_header(&kv, SOV_GGUF_STRING, 2);
+    put_str(&kv, "ab");
+    put_str(&kv, "cde");
+    array_header(&kv, SOV_GGUF_STRING, 0);
+    /* [[1, -2], [3]] as int32 */
+    put_str(&kv, "ints");
+    put_u32(&kv, SOV_GGUF_ARRAY);
+    array_header(&kv, SOV_GGUF_ARRAY, 2);
+    array_header(&kv, SOV_GGUF_INT32, 2);
+    int32_t ints[3] = {1, -2, 3};
+    put(&kv, ints, 8);
+    array_header(&kv, SOV_GGUF_INT32, 1);
+    put(&kv, ints + 2, 4);
+    /* [[[1.5], [2.5]]]: arrays of arrays of arrays */
+    put_str(&kv, "floats3");
+    put_u32(&kv, SOV_GGUF_ARRAY);
+    array_header(&kv, SOV_GGUF_ARRAY, 1);
+    array_header(&kv, SOV_GGUF_ARRAY, 2);
+    float fl[2] = {1.5f, 2.5f};
+    array_header(&kv, SOV_GGUF_FLOAT32, 1);
+    put(&kv, fl, 4);
+    array_header(&kv, SOV_GGUF_FLOAT32, 1);
+    put(&kv, fl + 1, 4);
+    /* eight deep, the limit */
+    put_str(&kv, "deep");
+    put_u32(&kv, SOV_GGUF_ARRAY);
+    put_deep_array(&kv, 8);
+    /* a scalar after them: the reader's position survived the nesting */
+    kv_u32(&kv, "after", 9);
+    buf file = gguf_build(&kv, 5, NULL, 0);
+    sov_gguf *g = NULL;
+    CHECK(sov_gguf_open_memory(file.data, file.size, &g) == SOV_OK);
+    if (g) {
+        uint64_t i, n;
+        sov_gguf_type type, et;
+        sov_gguf_value v, w;
+        const sov_gguf_array *a;
+        CHECK(sov_gguf_kv_find(g, "strings", &i) == SOV_OK && sov_gguf_kv_type(g, i, &type, &et, &n) == SOV_OK);
+        CHECK(type == SOV_GGUF_ARRAY && et == SOV_GGUF_ARRAY && n == 2);
+        CHECK(sov_gguf_kv_value(g, i, 0, &v) == SOV_OK && v.type == SOV_GGUF_ARRAY);
+        CHECK(sov_gguf_array_type(v.as.array, &et, &n) == SOV_OK && et == SOV_GGUF_STRING && n == 2);
+        CHECK(sov_gguf_array_value(v.as.array, 1, &w) == SOV_OK && w.type == SOV_GGUF_STRING && w.as.str.size == 3 &&
+              memcmp(w.as.str.data, "cde", 3) == 0);
+        CHECK(sov_gguf_array_value(v.as.array, 2, &w) == SOV_ERR_INVALID_ARGUMENT && strstr(sov_last_error(), "no element 2"));
+        CHECK(sov_gguf_kv_value(g, i, 1, &v) == SOV_OK && sov_gguf_array_type(v.as.array, &et, &n) == SOV_OK && n == 0);
+        CHECK(sov_gguf_kv_array(g, i, &a) == SOV_OK && sov_gguf_array_type(a, &et, &n) == SOV_OK && et == SOV_GGUF_ARRAY && n == 2);
+
+        CHECK(sov_gguf_kv_find(g, "ints", &i) == SOV_OK && sov_gguf_kv_value(g, i, 0, &v) == SOV_OK);
+        CHECK(sov_gguf_array_value(v.as.array, 1, &w) == SOV_OK && w.type == SOV_GGUF_INT32 && w.as.i64 == -2);
+        CHECK(sov_gguf_kv_value(g, i, 1, &v) == SOV_OK && sov_gguf_array_value(v.as.array, 0, &w) == SOV_OK && w.as.i64 == 3);
+
+        CHECK(sov_gguf_kv_find(g, "floats3", &i) == SOV_OK && sov_gguf_kv_value(g, i, 0, &v) == SOV_OK);
+        CHECK(sov_gguf_array_value(v.as.array, 1, &w) == SOV_OK && w.type == SOV_GGUF_ARRAY);
+        CHECK(sov_gguf_array_value(w.as.array, 0, &v) == SOV_OK && v.type == SOV_GGUF_FLOAT32 && v.as.f64 == 2.5);
+
+        CHECK(sov_gguf_kv_find(g, "deep", &i) == SOV_OK && sov_gguf_kv_array(g, i, &a) == SOV_OK);
+        int levels = 1;
+        while (sov_gguf_array_value(a, 0, &v) == SOV_OK && v.type == SOV_GGUF_ARRAY) {
+            a = v.as.array;
+            levels++;
+        }
+        CHECK(levels == 8 && v.type == SOV_GGUF_UINT8 && v.as.u64 == 7);
+
+        CHECK(sov_gguf_kv_find(g, "after", &i) == SOV_OK && sov_gguf_kv_value(g, i, 0, &v) == SOV_OK && v.as.u64 == 9);
+        CHECK(sov_gguf_kv_array(g, i, &a) == SOV_ERR_INVALID_ARGUMENT);
+        sov_gguf_free(g);
+    }
+    /* every truncation of the header and metadata (the padding after them is optional without
+     * tensors) is refused cleanly, freeing the part-built nodes (the sanitizer build checks leaks) */
+    for (size_t n = 0; n < 24 + kv.size; n++) {
+        g = NULL;
+        CHECK(sov_gguf_open_memory(file.data, n, &g) != SOV_OK && g == NULL);
+    }
+    free(kv.data);
+    free(file.data);
+}
+
+static void test_gguf_nested_array_limits(void) {
+    /* nine deep: one past the limit */
+    buf kv = {0};
+    put_str(&kv, "deep");
+    put_u32(&kv, SOV_GGUF_ARRAY);
+    put_deep_array(&kv, 9);
+    buf file = gguf_build(&kv, 1, NULL, 0);
+    sov_gguf *g = NULL;
+    CHECK(sov_gguf_open_memory(file.data, file.size, &g) == SOV_ERR_UNSUPPORTED && g == NULL);
+    CHECK(strstr(sov_last_error(), "'deep': arrays nested 9 deep (the limit is 8)") != NULL);
+    free(kv.data);
+    free(file.data);
+
+    /* a count of nested arrays that the bytes left cannot hold is refused before any allocation */
+    kv = (buf){0};
+    put_str(&kv, "huge");
+    put_u32(&kv, SOV_GGUF_ARRAY);
+    array_header(&kv, SOV_GGUF_ARRAY, (uint64_t)1 << 40);
+    array_header(&kv, SOV_GGUF_UINT8, 0);
+    file = gguf_build(&kv, 1, NULL, 0);
+    CHECK(sov_gguf_open_memory(file.data, file.size, &g) == SOV_ERR_FORMAT && strstr(sov_last_error(), "array of 1099511627776 arrays runs past the end"));
+    free(kv.data);
+    free(file.data);
+
+    /* the budget of nested strings and arrays is per file: 600,000 empty arrays under one key
+     * parse; the same under two keys exceed the 2^20 budget */
+    enum { PER_KEY = 600000 };
+    for (int keys = 1; keys <= 2; keys++) {
+        kv = (buf){0};
+        for (int k = 0; k < keys; k++) {
+            put_str(&kv, k == 0 ? "many0" : "many1");
+            put_u32(&kv, SOV_GGUF_ARRAY);
+            array_header(&kv, SOV_GGUF_ARRAY, PER_KEY);
+            for (int e = 0; e < PER_KEY; e++) array_header(&kv, SOV_GGUF_INT8, 0);
+        }
+        file = gguf_build(&kv, (uint64_t)keys, NULL, 0);
+        g = NULL;
+        sov_status st = sov_gguf_open_memory(file.data, file.size, &g);
+        if (keys == 1) {
+            CHECK(st == SOV_OK && g != NULL);
+        } else {
+            CHECK(st == SOV_ERR_UNSUPPORTED && g == NULL);
+            CHECK(strstr(sov_last_error(), "'many1': nested arrays hold more than 1048576 strings and arrays") != NULL);
+        }
+        sov_gguf_free(g);
+        free(kv.data);
+        free(file.data);
+    }
+}
+
 /* ---------------------------------------------------------------------------------------
  * Thread pool
  * ------------------------------------------------------------------------------------- */
@@ -275,7 +419,10 @@ static void test_pool(void) {
 
 enum { E = 32, F = 64, V = 40, L = 2, H = 4, HKV = 2, HD = E / H };
 
-static char *write_tiny_model(void) {
+/* Writes the tiny model, with `extra` metadata entries appended, to a new temporary file whose
+ * name goes to path. The weights are the same on every call. */
+static void write_tiny_model(char path[32], const buf *extra, uint64_t n_extra) {
+    rng = 88172645463325252ull;
     buf kv = {0};
     kv_str(&kv, "general.architecture", "llama");
     kv_u32(&kv, "llama.block_count", L);
@@ -304,20 +451,21 @@ static char *write_tiny_model(void) {
         t[i].values = malloc(count * sizeof(float));
         for (uint64_t j = 0; j < count; j++) t[i].values[j] = t[i].rows ? 0.3f * frand() : 1.0f + 0.1f * frand();
     }
-    buf file = gguf_build(&kv, 8, t, (uint64_t)n);
+    if (n_extra) put(&kv, extra->data, extra->size);
+    buf file = gguf_build(&kv, 8 + n_extra, t, (uint64_t)n);
     /* mkstemp() template: it replaces the six trailing X characters with a unique suffix. */
-    static char path[] = "/tmp/sov_test_XXXXXX";
+    strcpy(path, "/tmp/sov_test_XXXXXX");
     int fd = mkstemp(path);
     CHECK(fd >= 0 && write(fd, file.data, file.size) == (ssize_t)file.size);
     close(fd);
     for (int i = 0; i < n; i++) free(t[i].values);
     free(kv.data);
     free(file.data);
-    return path;
 }
 
 static void test_tiny_model(void) {
-    char *path = write_tiny_model();
+    char path[32];
+    write_tiny_model(path, NULL, 0);
     sov_model *m;
     sov_model_params mp = sov_model_default_params();
     mp.n_threads = 2;
@@ -373,6 +521,67 @@ static void test_tiny_model(void) {
     CHECK(sov_model_load("/nonexistent/model.gguf", NULL, &m) == SOV_ERR_IO && m == NULL);
 }
 
+/* Loads the tiny model with the given RoPE scaling entries; on success, returns the logits of
+ * a short prompt in `logits` (V floats per position) and the frequency scale the model uses. */
+static sov_status load_scaled(const char *type, float factor, const char *factor_key, float *freq_scale, float logits[4 * V]) {
+    buf extra = {0};
+    uint64_t n_extra = 0;
+    if (type) {
+        kv_str(&extra, "llama.rope.scaling.type", type);
+        n_extra++;
+    }
+    if (factor_key) {
+        kv_f32(&extra, factor_key, factor);
+        n_extra++;
+    }
+    char path[32];
+    write_tiny_model(path, &extra, n_extra);
+    free(extra.data);
+    sov_model *m = NULL;
+    sov_status st = sov_model_load(path, NULL, &m);
+    unlink(path);
+    if (st != SOV_OK) return st;
+    sov_model_info in;
+    sov_model_info_get(m, &in);
+    *freq_scale = in.rope_freq_scale;
+    sov_context *c;
+    int32_t prompt[4] = {3, 1, 4, 1}, seqs[4] = {0};
+    uint8_t outs[4] = {SOV_OUTPUT_LOGITS, SOV_OUTPUT_LOGITS, SOV_OUTPUT_LOGITS, SOV_OUTPUT_LOGITS};
+    sov_batch b = {4, prompt, seqs, outs};
+    CHECK(sov_context_init(m, NULL, &c) == SOV_OK);
+    CHECK(sov_context_decode(c, &b, logits, NULL) == SOV_OK);
+    sov_context_free(c);
+    sov_model_free(m);
+    return SOV_OK;
+}
+
+static float max_abs_diff(const float *a, const float *b, size_t n) {
+    float worst = 0;
+    for (size_t i = 0; i < n; i++) worst = fmaxf(worst, fabsf(a[i] - b[i]));
+    return worst;
+}
+
+static void test_rope_scaling(void) {
+    static float plain[4 * V], linear[4 * V], other[4 * V];
+    float scale = 0;
+    CHECK(load_scaled(NULL, 0, NULL, &scale, plain) == SOV_OK && scale == 1.0f);
+    CHECK(load_scaled("linear", 2.0f, "llama.rope.scaling.factor", &scale, linear) == SOV_OK && scale == 0.5f);
+    /* position 0 has no rotation, so only later positions move */
+    CHECK(max_abs_diff(plain, linear, V) == 0.0f && max_abs_diff(plain + V, linear + V, 3 * V) > 1e-4f);
+    /* no type means linear, as in llama.cpp; the older key name works too */
+    CHECK(load_scaled(NULL, 2.0f, "llama.rope.scaling.factor", &scale, other) == SOV_OK && scale == 0.5f);
+    CHECK(max_abs_diff(linear, other, 4 * V) == 0.0f);
+    CHECK(load_scaled(NULL, 2.0f, "llama.rope.scale_linear", &scale, other) == SOV_OK && scale == 0.5f);
+    /* "none" ignores a factor */
+    CHECK(load_scaled("none", 2.0f, "llama.rope.scaling.factor", &scale, other) == SOV_OK && scale == 1.0f);
+    CHECK(max_abs_diff(plain, other, 4 * V) == 0.0f);
+    /* other types are refused by name, never run as something else */
+    CHECK(load_scaled("yarn", 4.0f, "llama.rope.scaling.factor", &scale, other) == SOV_ERR_UNSUPPORTED);
+    CHECK(strstr(sov_last_error(), "RoPE scaling type 'yarn'") != NULL);
+    CHECK(load_scaled("longrope", 0, NULL, &scale, other) == SOV_ERR_UNSUPPORTED && strstr(sov_last_error(), "'longrope'"));
+    CHECK(load_scaled("linear", -2.0f, "llama.rope.scaling.factor", &scale, other) == SOV_ERR_FORMAT);
+}
+
 /* ---------------------------------------------------------------------------------------
  * Sampling
  * ------------------------------------------------------------------------------------- */
@@ -416,8 +625,11 @@ int main(void) {
     test_dequantize();
     test_kernels_agree();
     test_gguf_metadata();
+    test_gguf_nested_arrays();
+    test_gguf_nested_array_limits();
     test_pool();
     test_tiny_model();
+    test_rope_scaling();
     test_sampler();
     printf("test_sov: %d checks, %d failed (kernels: %s)\n", checks, failures, sov_isa_name(sov_isa_detect(-1)));
     return failures ? 1 : 0;

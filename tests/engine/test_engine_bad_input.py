@@ -1,5 +1,5 @@
 """Bad input gives a clear `EngineError`, never a crash. Every bad file is also kept in
-`native/fuzz/corpus/` (with a valid tiny model as a seed) for the GGUF fuzz driver."""
+`native/fuzz/corpus/` (with a valid tiny model as a seed) for the GGUF fuzz target."""
 
 from __future__ import annotations
 

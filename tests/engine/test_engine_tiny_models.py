@@ -3,6 +3,7 @@ the same logits in our engine as in Hugging Face `transformers` built from the s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class TinyConfig:
     eps: float = 1e-6
     context: int = 128
     tied: bool = False
+    rope_scaling_factor: float | None = None  # linear RoPE scaling
 
 
 def random_weights(cfg: TinyConfig, seed: int) -> dict[str, F32]:
@@ -100,12 +102,22 @@ def add_hyperparameters(writer: gguf.GGUFWriter, cfg: TinyConfig) -> None:
     writer.add_head_count_kv(cfg.kv_heads)
     writer.add_layer_norm_rms_eps(cfg.eps)
     writer.add_rope_freq_base(cfg.rope_theta)
+    if cfg.rope_scaling_factor is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(cfg.rope_scaling_factor)
 
 
-def write_tiny_model(path: Path, cfg: TinyConfig, weights: dict[str, F32]) -> Path:
+def write_tiny_model(
+    path: Path,
+    cfg: TinyConfig,
+    weights: dict[str, F32],
+    extra_metadata: Callable[[gguf.GGUFWriter], None] | None = None,
+) -> Path:
     writer = gguf.GGUFWriter(str(path), cfg.architecture)
     add_hyperparameters(writer, cfg)
     writer.add_eos_token_id(cfg.vocab - 1)
+    if extra_metadata is not None:
+        extra_metadata(writer)
     for name, value in weights.items():
         if name == "model.embed_tokens.weight":
             out = "token_embd.weight"
@@ -144,6 +156,8 @@ def reference_logits(cfg: TinyConfig, weights: dict[str, F32], ids: list[int]) -
         "max_position_embeddings": cfg.context,
         "tie_word_embeddings": cfg.tied,
     }
+    if cfg.rope_scaling_factor is not None:
+        common["rope_scaling"] = {"type": "linear", "factor": cfg.rope_scaling_factor}
     model: torch.nn.Module
     if cfg.architecture == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, attention_bias=False))

@@ -170,7 +170,7 @@ def test_truncated_files(tmp_path: Path, model_path: Path) -> None:
         (gguf(_kv("a", ARRAY, struct.pack("<IQ", ARRAY, 1_000_000))), "remain"),
         (gguf(_kv("a", ARRAY, struct.pack("<IQ", STRING, 1) + struct.pack("<Q", 2**63))), "claims"),
         (gguf(_kv("a", ARRAY, struct.pack("<IQ", 99, 1) + b"\0" * 16)), "unknown item type"),
-        (gguf(_kv("a", ARRAY, struct.pack("<IQ", ARRAY, 1) * 6 + struct.pack("<IQ", UINT8, 0))), "deeper"),
+        (gguf(_kv("a", ARRAY, struct.pack("<IQ", ARRAY, 1) * 8 + struct.pack("<IQ", UINT8, 0))), "deeper"),
         (gguf(_kv("a", 13, b"\0" * 8)), "unknown value type"),
         (gguf(_str(b"\xff\xfe") + struct.pack("<I", BOOL) + b"\1"), "UTF-8"),
         (gguf(kv_bool("a", True), kv_bool("a", False)), "duplicate key"),

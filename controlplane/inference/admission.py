@@ -1,0 +1,569 @@
+"""Admission of an inference request, in the web process (DESIGN section 4, steps 2-7): count tokens,
+residency, placement, quota, credit hold, then the write order of section 3 and the enqueue.
+
+Every refusal leaves nothing behind: a quota reservation made before a later refusal is released,
+regional content written before a failed central transaction is deleted, and nothing is enqueued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any, Literal
+
+import redis
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from billing import services as billing_services
+from controlplane.core.errors import Conflict, DomainError, NotFound, PermissionDenied, RateLimited, ServiceUnavailable
+from controlplane.core.regions import REGIONS, region_queue
+from controlplane.core.scoping import org_scope
+from controlplane.core.services import Actor, audit_record
+from controlplane.fleet.artifacts import artifact_local_path
+from controlplane.fleet.models import CatalogModel
+from controlplane.inference import quota
+from controlplane.inference.models import IdempotencyKey, InferenceRequest, OutboxMessage, RequestContent
+from controlplane.inference.openai_schema import EmbeddingRequest, GenerationRequest, InvalidParameter
+from controlplane.inference.receipts import content_salt_new
+from controlplane.scheduling.fleet_view import host_states
+from controlplane.scheduling.policy import PlacementRequest, place
+from native.tokenizer import Tokenizer
+from tenants.models import ApiKey, Organization, RegionalQuota, ResidencyPolicy
+
+logger = logging.getLogger("controlplane.inference")
+
+TASK_RUN = "workers.inference_run"
+Workload = Literal["interactive", "batch", "embedding"]
+RETRY_AFTER_UNAVAILABLE_S = 5
+RETRY_AFTER_BUSY_S = 2
+CONCURRENCY_RETRY_AFTER_S = 1
+
+
+class UnprocessableIdempotency(DomainError):
+    code = "idempotency_key_reused"
+    http_status = 422
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class RegionUnavailable(ServiceUnavailable):
+    code = "region_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class Admission:
+    """What the web process needs to relay the answer; `replay` is set for an idempotent replay."""
+
+    request_id: str
+    kind: str
+    model: str
+    region: str
+    created: int
+    prompt_tokens: int
+    n: int = 1
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: bool = False
+    ratelimit_headers: dict[str, str] = field(default_factory=dict)
+    replay: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --- tokens ----------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=16)
+def _tokenizer(path: str) -> Tokenizer:
+    return Tokenizer(path)
+
+
+def tokenizer_for(model: CatalogModel) -> Tokenizer:
+    return _tokenizer(str(artifact_local_path(artifact_path=model.artifact_path)))
+
+
+def context_tokens(model: CatalogModel) -> int:
+    return min(model.context_length, settings.INFERENCE_CONTEXT_TOKENS)
+
+
+def _check_ids(ids: list[int], vocab: int, param: str) -> None:
+    bad = next((x for x in ids if not 0 <= x < vocab), None)
+    if bad is not None:
+        raise InvalidParameter(f"token id {bad} is outside the vocabulary (0..{vocab - 1}).", param=param)
+
+
+def _generation_prompt(model: CatalogModel, req: GenerationRequest) -> list[int]:
+    tok = tokenizer_for(model)
+    if req.endpoint == "chat":
+        if not model.supports_chat:
+            raise InvalidParameter(f"the model {model.name} does not support chat.", param="model")
+        try:
+            return tok.apply_chat_template(req.messages, add_generation_prompt=True)
+        except Exception as exc:  # the template is the model file's: its own errors become a 400
+            raise InvalidParameter(f"the conversation cannot be rendered: {exc}", param="messages") from None
+    if isinstance(req.prompt, list):
+        _check_ids(req.prompt, tok.vocab_size, "prompt")
+        return list(req.prompt)
+    ids = tok.tokenize(req.prompt or "", add_special=True, parse_special=False)
+    if not ids:
+        raise InvalidParameter("'prompt' must not be empty.", param="prompt")
+    return ids
+
+
+def _max_tokens(model: CatalogModel, req: GenerationRequest, prompt_tokens: int) -> int:
+    n_ctx = context_tokens(model)
+    room = n_ctx - prompt_tokens
+    if room < 1:
+        raise InvalidParameter(
+            f"This model's maximum context length is {n_ctx} tokens. However, your messages resulted in "
+            f"{prompt_tokens} tokens. Please reduce the length of the messages.",
+            param="messages" if req.endpoint == "chat" else "prompt",
+            code="context_length_exceeded",
+        )
+    if req.max_tokens is None:
+        return min(room, model.default_max_tokens, 1024)
+    if req.max_tokens > room:
+        raise InvalidParameter(
+            f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+            f"{prompt_tokens + req.max_tokens} tokens ({prompt_tokens} in the messages, {req.max_tokens} in the "
+            "completion). Please reduce the length of the messages or completion.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return req.max_tokens
+
+
+# --- residency ---------------------------------------------------------------------------------------
+
+
+def allowed_regions(policy: ResidencyPolicy | None) -> frozenset[str]:
+    """Regions whose country or zone the policy names; an absent or empty policy allows nothing."""
+    if policy is None:
+        return frozenset()
+    countries, zones = set(policy.allowed_countries), set(policy.allowed_zones)
+    return frozenset(r.code for r in REGIONS if r.country in countries or zones.intersection(r.zones))
+
+
+def _policy(organization: Organization) -> ResidencyPolicy | None:
+    with org_scope(organization.pk):
+        policy: ResidencyPolicy | None = ResidencyPolicy.objects.filter(organization=organization).first()
+    return policy
+
+
+def _candidate_regions(policy: ResidencyPolicy | None, requested: str | None) -> frozenset[str]:
+    allowed = allowed_regions(policy)
+    if not allowed:
+        raise PermissionDenied(
+            "Your organisation's residency policy allows no region; set one in the console.",
+            code="region_not_allowed",
+        )
+    if requested is not None:
+        if requested not in allowed:
+            raise PermissionDenied(
+                f"The region {requested!r} is not allowed by your organisation's residency policy "
+                f"(allowed: {', '.join(sorted(allowed))}).",
+                code="region_not_allowed",
+            )
+        return frozenset({requested})
+    return allowed
+
+
+def _host_load() -> dict[int, tuple[int, int]]:
+    rows = (
+        InferenceRequest.objects.unscoped_all_orgs()
+        .filter(status__in=[InferenceRequest.Status.QUEUED, InferenceRequest.Status.RUNNING], host__isnull=False)
+        .values("host_id")
+        .annotate(
+            running=Count("id", filter=Q(status=InferenceRequest.Status.RUNNING)),
+            queued=Count("id", filter=Q(status=InferenceRequest.Status.QUEUED)),
+        )
+    )
+    return {int(r["host_id"]): (int(r["running"]), int(r["queued"])) for r in rows}
+
+
+# --- quota ------------------------------------------------------------------------------------------
+
+
+def _limits(organization: Organization, region: str) -> quota.QuotaLimits:
+    with org_scope(organization.pk):
+        row: RegionalQuota | None = RegionalQuota.objects.filter(organization=organization, region=region).first()
+    if row is None:  # the plan's defaults are the model's field defaults
+        row = RegionalQuota(organization=organization, region=region)
+    return quota.QuotaLimits(
+        requests_per_minute=row.requests_per_minute,
+        tokens_per_minute=row.tokens_per_minute,
+        concurrent_requests=row.concurrent_requests,
+        monthly_tokens=row.monthly_tokens,
+    )
+
+
+def quota_client() -> redis.Redis:
+    return _quota_client(settings.REDIS_URL)
+
+
+@lru_cache(maxsize=4)
+def _quota_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+# --- idempotency -------------------------------------------------------------------------------------
+
+
+def body_fingerprint(endpoint: str, body: Any) -> str:
+    canonical = json.dumps({"endpoint": endpoint, "body": body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _idempotent_replay(
+    *, organization: Organization, key: str, endpoint: str, fingerprint: str, now: datetime
+) -> dict[str, Any] | None:
+    with org_scope(organization.pk):
+        record = IdempotencyKey.objects.filter(organization=organization, key=key).first()
+        if record is None:
+            return None
+        if record.expires_at <= now:
+            record.delete()
+            return None
+        if record.body_sha256 != fingerprint or record.endpoint != endpoint:
+            raise UnprocessableIdempotency(
+                "This Idempotency-Key was used with a different request body; use a new key.",
+            )
+        request = InferenceRequest.objects.filter(request_id=record.request_id).first()
+    if request is None or not request.finished:
+        raise Conflict(
+            "A request with this Idempotency-Key is still in progress; retry once it has finished.",
+            code="idempotent_request_in_progress",
+        )
+    content = RequestContent.objects.using(_region_alias(record.region)).filter(request_id=record.request_id).first()
+    stored = content.completion if content is not None else None
+    if not stored or "response" not in stored:
+        raise Conflict(
+            "The response of this Idempotency-Key was not retained (the organisation keeps no content); "
+            "it was not charged again.",
+            code="idempotent_response_not_retained",
+        )
+    return {"status": stored.get("status", 200), "body": stored["response"], "request_id": record.request_id}
+
+
+def _region_alias(region: str) -> str:
+    from controlplane.core.regions import region_db_alias
+
+    return region_db_alias(region)
+
+
+# --- admission --------------------------------------------------------------------------------------
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
+def request_admit(
+    *,
+    api_key: ApiKey,
+    organization: Organization,
+    parsed: GenerationRequest | EmbeddingRequest,
+    raw_body: dict[str, Any],
+    region_header: str | None,
+    idempotency_key: str | None,
+    now: datetime | None = None,
+) -> Admission:
+    """Steps 2-7 of DESIGN section 4. Raises DomainError subclasses for every refusal."""
+    started = time.perf_counter()
+    now = now or timezone.now()
+    if organization.status != Organization.Status.ACTIVE:
+        raise PermissionDenied("This organisation is suspended.", code="organization_suspended")
+    kind = {"chat": InferenceRequest.Kind.CHAT, "completion": InferenceRequest.Kind.COMPLETION}.get(
+        parsed.endpoint, InferenceRequest.Kind.EMBEDDING
+    )
+    fingerprint = body_fingerprint(parsed.endpoint, raw_body)
+    if idempotency_key is not None:
+        replay = _idempotent_replay(
+            organization=organization, key=idempotency_key, endpoint=parsed.endpoint, fingerprint=fingerprint, now=now
+        )
+        if replay is not None:
+            return Admission(
+                request_id=replay["request_id"], kind=kind, model=parsed.model, region="", created=0,
+                prompt_tokens=0, replay=replay,
+            )  # fmt: skip
+
+    model = CatalogModel.objects.filter(name=parsed.model, status=CatalogModel.Status.AVAILABLE).first()
+    if model is None:
+        raise ModelNotFound(f"The model `{parsed.model}` does not exist or you do not have access to it.")
+
+    # tokens
+    content: dict[str, Any] = {"endpoint": parsed.endpoint, "request": raw_body}
+    if isinstance(parsed, EmbeddingRequest):
+        if not model.supports_embeddings:
+            raise InvalidParameter(f"the model {model.name} does not produce embeddings.", param="model")
+        if parsed.dimensions is not None and parsed.dimensions != model.embedding_dimensions:
+            raise InvalidParameter(
+                f"the model {model.name} returns {model.embedding_dimensions}-dimensional embeddings and cannot "
+                "shorten them; omit 'dimensions'.",
+                param="dimensions",
+                code="dimensions_not_supported",
+            )
+        tok = tokenizer_for(model)
+        inputs_ids: list[list[int]] = []
+        for i, item in enumerate(parsed.inputs):
+            if isinstance(item, str):
+                inputs_ids.append(tok.tokenize(item, add_special=True, parse_special=False))
+            else:
+                _check_ids(item, tok.vocab_size, f"input[{i}]")
+                inputs_ids.append(list(item))
+            if len(inputs_ids[-1]) > context_tokens(model):
+                raise InvalidParameter(
+                    f"input[{i}] has {len(inputs_ids[-1])} tokens; the model takes at most {context_tokens(model)}.",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+        prompt_tokens = sum(len(x) for x in inputs_ids)
+        max_tokens, n, reserve = 0, 1, prompt_tokens
+        content["inputs_ids"] = inputs_ids
+        workload: Workload = "embedding"
+    else:
+        prompt_ids = _generation_prompt(model, parsed)
+        prompt_tokens = len(prompt_ids)
+        max_tokens = _max_tokens(model, parsed, prompt_tokens)
+        n = parsed.n
+        reserve = prompt_tokens + max_tokens * n
+        content["prompt_ids"] = prompt_ids
+        content["params"] = {
+            "max_tokens": max_tokens,
+            "n": n,
+            "stop": parsed.stop,
+            "temperature": parsed.sampling.temperature,
+            "top_p": parsed.sampling.top_p,
+            "top_k": parsed.sampling.top_k,
+            "min_p": parsed.sampling.min_p,
+            "repetition_penalty": parsed.sampling.repetition_penalty,
+            "seed": parsed.sampling.seed,
+            "logprobs": parsed.logprobs,
+            "top_logprobs": parsed.top_logprobs,
+        }
+        workload = "batch" if not parsed.stream and n > 1 else "interactive"
+    tokens_done = time.perf_counter()
+
+    # residency and placement
+    policy = _policy(organization)
+    regions = _candidate_regions(policy, region_header)
+    states = host_states(model_name=model.name, now=now, load=_host_load())
+    placement = place(
+        PlacementRequest(
+            model=model.name,
+            prompt_tokens=prompt_tokens,
+            max_output_tokens=max_tokens * n,
+            workload=workload,
+            allowed_regions=regions,
+            requested_region=region_header,
+            accelerator_family=(policy.accelerator_family or None) if policy else None,
+        ),
+        states,
+    )
+    if placement.host_id is None or placement.region is None:
+        reasons = "; ".join(placement.reasons[:3]) + ("; ..." if len(placement.reasons) > 3 else "")
+        if placement.refusal == "region_not_allowed":
+            raise PermissionDenied(f"No allowed region can serve this request: {reasons}", code="region_not_allowed")
+        if placement.refusal == "model_not_found":
+            raise ModelNotFound(f"The model `{model.name}` is not deployed on any host of this cloud.")
+        if placement.refusal == "region_busy":
+            raise RegionUnavailable(
+                f"Every allowed region is at its queue limit: {reasons}",
+                retry_after_s=placement.retry_after_s or RETRY_AFTER_BUSY_S,
+                code="region_busy",
+            )
+        raise RegionUnavailable(
+            f"No host in an allowed region is serving {model.name} now: {reasons}",
+            retry_after_s=placement.retry_after_s or RETRY_AFTER_UNAVAILABLE_S,
+        )
+    region = placement.region
+    queued_in_region = (
+        InferenceRequest.objects.unscoped_all_orgs()
+        .filter(region=region, status=InferenceRequest.Status.QUEUED)
+        .count()
+    )
+    if queued_in_region >= settings.REGION_QUEUE_CAP:
+        raise RegionUnavailable(
+            f"The region {region} has {queued_in_region} requests queued; retry shortly.",
+            retry_after_s=RETRY_AFTER_BUSY_S,
+            code="region_busy",
+        )
+    placed = time.perf_counter()
+
+    # quota: one atomic step; everything after it releases the reservation on refusal
+    request_id = new_request_id()
+    try:
+        decision = quota.quota_reserve(
+            client=quota_client(),
+            org_id=organization.pk,
+            region=region,
+            request_id=request_id,
+            tokens=reserve,
+            limits=_limits(organization, region),
+            lease_ttl_s=settings.REQUEST_DEADLINE_S,
+        )
+    except redis.RedisError as exc:  # quota_reserve maps these itself; kept for the client's own errors
+        raise ServiceUnavailable("The quota service is unreachable; retry shortly.", code="quota_unavailable") from exc
+    if not decision.admitted:
+        advice = (
+            f"retry after {decision.retry_after_s} s."
+            if decision.retryable
+            else "this request alone is larger than the limit; waiting will not help."
+        )
+        retry_after = decision.retry_after_s
+        if decision.limit == "concurrent_requests":
+            # a lease lasts until its request ends, which is usually far sooner than its expiry
+            retry_after = min(retry_after, CONCURRENCY_RETRY_AFTER_S)
+            advice = f"retry after {retry_after} s, when a running request has finished."
+        refusal = RateLimited(
+            f"Rate limit reached for {organization.slug} in {region} on {decision.limit}; {advice}",
+            retry_after_s=retry_after,
+            code=f"rate_limit_{decision.limit}",
+        )
+        refusal.details = {"headers": decision.headers}
+        raise refusal
+    quota_done = time.perf_counter()
+
+    retention_days = policy.retention_days if policy else 0
+    salt = content_salt_new().hex()
+    region_alias = _region_alias(region)
+    kept_for = timedelta(days=retention_days) if retention_days else timedelta(seconds=settings.REQUEST_DEADLINE_S)
+    expires = now + kept_for
+    try:
+        # write order (DESIGN section 3): regional content first, then index + outbox in one transaction
+        RequestContent.objects.using(region_alias).create(
+            region=region, request_id=request_id, organization_id=organization.pk, body=content, salt=salt,
+            expires_at=expires,
+        )  # fmt: skip
+        with transaction.atomic():
+            if idempotency_key is not None:
+                try:
+                    with transaction.atomic(), org_scope(organization.pk):
+                        IdempotencyKey.objects.create(
+                            organization=organization, key=idempotency_key, endpoint=parsed.endpoint,
+                            body_sha256=fingerprint, request_id=request_id, region=region,
+                            expires_at=now + timedelta(seconds=settings.IDEMPOTENCY_TTL_S),
+                        )  # fmt: skip
+                except IntegrityError:
+                    raise Conflict(
+                        "A request with this Idempotency-Key is already in progress.",
+                        code="idempotent_request_in_progress",
+                    ) from None
+            billing_services.hold_place(
+                organization=organization,
+                request_id=request_id,
+                model_name=model.name,
+                region=region,
+                input_tokens=prompt_tokens,
+                max_output_tokens=max_tokens * n,
+                at=now,
+            )
+            with org_scope(organization.pk):
+                InferenceRequest.objects.create(
+                    organization=organization,
+                    request_id=request_id,
+                    api_key=api_key,
+                    kind=kind,
+                    model_name=model.name,
+                    region=region,
+                    country=next(r.country for r in REGIONS if r.code == region),
+                    host_id=placement.host_id,
+                    accelerator_class=placement.accelerator or "",
+                    workload=workload,
+                    stream=getattr(parsed, "stream", False),
+                    choices_n=n,
+                    prompt_tokens=prompt_tokens,
+                    max_tokens=max_tokens,
+                    reserved_tokens=reserve,
+                    deadline_at=now + timedelta(seconds=settings.REQUEST_DEADLINE_S),
+                    placement_reasons=list(placement.reasons),
+                    retention_days=retention_days,
+                    timings={"admitted_unix": now.timestamp()},
+                )
+            kwargs = {"region": region, "request_id": request_id, "attempt": 1}
+            outbox = OutboxMessage.objects.create(
+                request_id=request_id, task_name=TASK_RUN, queue=region_queue(region), kwargs=kwargs
+            )
+            audit_record(
+                actor=Actor(user_id=None, label=f"key:{api_key.key_id}"),
+                action="inference.place",
+                target_type="inference_request",
+                target_id=request_id,
+                organization_id=organization.pk,
+                changes={
+                    "region": region,
+                    "host_id": placement.host_id,
+                    "accelerator": placement.accelerator,
+                    "reasons": list(placement.reasons),
+                },
+            )
+            transaction.on_commit(lambda: outbox_send(outbox_id=outbox.pk))
+    except BaseException:
+        quota.quota_release(client=quota_client(), org_id=organization.pk, region=region, request_id=request_id)
+        RequestContent.objects.using(region_alias).filter(request_id=request_id).delete()
+        raise
+    done = time.perf_counter()
+    timings = {
+        "tokenize_ms": (tokens_done - started) * 1000,
+        "placement_ms": (placed - tokens_done) * 1000,
+        "quota_ms": (quota_done - placed) * 1000,
+        "write_ms": (done - quota_done) * 1000,
+        "admission_ms": (done - started) * 1000,
+    }
+    return Admission(
+        request_id=request_id,
+        kind=kind,
+        model=model.name,
+        region=region,
+        created=int(now.timestamp()),
+        prompt_tokens=prompt_tokens,
+        n=n,
+        stream=getattr(parsed, "stream", False),
+        include_usage=getattr(parsed, "include_usage", False),
+        logprobs=getattr(parsed, "logprobs", False),
+        ratelimit_headers=decision.headers,
+        timings=timings,
+    )
+
+
+# --- dispatch ----------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _producer() -> Any:
+    """A Celery client for sending by task name (domain code never imports the workers package)."""
+    from celery import Celery
+
+    app = Celery("controlplane-producer", broker=settings.CELERY_BROKER_URL)
+    app.conf.task_serializer = "json"
+    app.conf.broker_transport_options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    return app
+
+
+def outbox_send(*, outbox_id: int) -> bool:
+    """Sends one outbox message and marks it sent; a failure leaves it for the relay."""
+    message = OutboxMessage.objects.filter(pk=outbox_id, sent_at__isnull=True).first()
+    if message is None:
+        return False
+    try:
+        _producer().send_task(message.task_name, kwargs=message.kwargs, queue=message.queue)
+    except Exception:
+        OutboxMessage.objects.filter(pk=outbox_id).update(send_attempts=message.send_attempts + 1)
+        logger.exception("outbox send failed; the relay will retry", extra={"request": message.request_id})
+        return False
+    OutboxMessage.objects.filter(pk=outbox_id).update(sent_at=timezone.now(), send_attempts=message.send_attempts + 1)
+    return True

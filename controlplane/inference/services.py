@@ -1,0 +1,385 @@
+"""Writes of a request's life after admission: claim by a worker under a lease, completion and
+settlement exactly once, failure, cancellation, and the reaper's recoveries (DESIGN section 4)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from billing import services as billing_services
+from controlplane.core.regions import region_db_alias, region_queue
+from controlplane.core.scoping import org_scope
+from controlplane.inference import quota, streams
+from controlplane.inference.admission import TASK_RUN, outbox_send, quota_client
+from controlplane.inference.models import InferenceRequest, OutboxMessage, RequestContent
+from controlplane.inference.receipts import content_hmac, receipt_sign
+
+logger = logging.getLogger("controlplane.inference")
+Status = InferenceRequest.Status
+
+
+@dataclass(frozen=True)
+class ClaimedRequest:
+    request_id: str
+    organization_id: int
+    region: str
+    kind: str
+    model_name: str
+    stream: bool
+    attempt: int
+    prompt_tokens: int
+    content: dict[str, Any]
+
+
+def _requests() -> Any:
+    return InferenceRequest.objects.unscoped_all_orgs()
+
+
+def request_claim(*, request_id: str, region: str, attempt: int, worker: str) -> ClaimedRequest | None:
+    """Marks a queued request running under this worker's lease. A stale or duplicate delivery (a
+    message of an earlier attempt, or one the reaper already re-sent) claims nothing and is dropped."""
+    now = timezone.now()
+    claimed = (
+        _requests()
+        .filter(request_id=request_id, region=region, status=Status.QUEUED, attempts=attempt - 1)
+        .update(
+            status=Status.RUNNING,
+            attempts=attempt,
+            worker=worker[:120],
+            lease_expires_at=now + timedelta(seconds=settings.REQUEST_LEASE_S),
+            started_at=now,
+        )
+    )
+    if not claimed:
+        return None
+    row = _requests().get(request_id=request_id)
+    content = RequestContent.objects.using(region_db_alias(region)).filter(request_id=request_id).first()
+    if content is None or content.body is None:
+        request_fail(request_id=request_id, code="content_missing", message="the request's content is gone")
+        return None
+    return ClaimedRequest(
+        request_id=request_id,
+        organization_id=row.organization_id,
+        region=region,
+        kind=row.kind,
+        model_name=row.model_name,
+        stream=row.stream,
+        attempt=attempt,
+        prompt_tokens=row.prompt_tokens,
+        content=content.body,
+    )
+
+
+def request_lease_renew(*, request_id: str, attempt: int) -> bool:
+    """Extends the lease; False when the request is no longer this attempt's (reaped, cancelled)."""
+    until = timezone.now() + timedelta(seconds=settings.REQUEST_LEASE_S)
+    return bool(
+        _requests()
+        .filter(request_id=request_id, status=Status.RUNNING, attempts=attempt)
+        .update(lease_expires_at=until)
+    )
+
+
+def request_first_token(*, request_id: str, attempt: int) -> None:
+    _requests().filter(request_id=request_id, attempts=attempt, first_token_at__isnull=True).update(
+        first_token_at=timezone.now()
+    )
+
+
+def _receipt(row: InferenceRequest, *, input_hmac: str, output_hmac: str, completed: datetime) -> dict[str, Any]:
+    return receipt_sign(
+        claims={
+            "request_id": row.request_id,
+            "organization": row.organization_id,
+            "model": row.model_name,
+            "region": row.region,
+            "country": row.country,
+            "accelerator_class": row.accelerator_class,
+            "backend": "cpu",
+            "created": row.created_at.isoformat(),
+            "completed": completed.isoformat(),
+            "input_hmac": input_hmac,
+            "output_hmac": output_hmac,
+            "input_tokens": row.prompt_tokens,
+            "output_tokens": row.completion_tokens,
+        }
+    )
+
+
+def _content_hmacs(row: InferenceRequest, output: bytes) -> tuple[str, str, RequestContent | None]:
+    store = RequestContent.objects.using(region_db_alias(row.region))
+    content = store.filter(request_id=row.request_id).first()
+    if content is None:
+        return "", "", None
+    salt = bytes.fromhex(content.salt)
+    request_bytes = _canonical(content.body.get("request") if content.body else None)
+    return content_hmac(salt=salt, data=request_bytes), content_hmac(salt=salt, data=output), content
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def request_complete(
+    *,
+    request_id: str,
+    attempt: int,
+    completion_tokens: int,
+    finish_reason: str,
+    response: dict[str, Any],
+    output: bytes,
+    timings: dict[str, float],
+) -> dict[str, Any] | None:
+    """Settles a finished request exactly once: ledger entry, hold capture, status, receipt, in one
+    central transaction; stores the response in the region (unless retention is 0). Returns the
+    receipt, or None when this attempt no longer owns the request (nothing is written then)."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = (
+            _requests()
+            .select_for_update()
+            .filter(request_id=request_id, status=Status.RUNNING, attempts=attempt)
+            .first()
+        )
+        if row is None:
+            return None
+        row.completion_tokens = completion_tokens
+        input_hmac, output_hmac, content = _content_hmacs(row, output)
+        ledger = billing_services.hold_settle(
+            request_id=request_id,
+            input_tokens=row.prompt_tokens,
+            output_tokens=completion_tokens,
+            api_key_id=row.api_key_id,
+            at=now,
+        )
+        receipt = _receipt(row, input_hmac=input_hmac, output_hmac=output_hmac, completed=now)
+        row.status = Status.COMPLETED
+        row.finish_reason = finish_reason[:16]
+        row.completed_at = now
+        row.lease_expires_at = None
+        row.receipt = receipt
+        row.timings = {**row.timings, **timings, "ledger_entry": ledger.pk}
+        row.save(
+            update_fields=[
+                "status", "finish_reason", "completed_at", "lease_expires_at", "receipt", "timings",
+                "completion_tokens", "updated_at",
+            ]
+        )  # fmt: skip
+        if content is not None:
+            if row.retention_days:
+                content.completion = {"response": response, "status": 200}
+                content.save(update_fields=["completion"])
+            else:
+                # retention 0: nothing of the content stays; the salt stays for the receipt
+                RequestContent.objects.using(region_db_alias(row.region)).filter(pk=content.pk).update(body=None)
+        org_id, region, total = row.organization_id, row.region, row.prompt_tokens + completion_tokens
+        transaction.on_commit(lambda: _quota_settle(org_id=org_id, region=region, request_id=request_id, tokens=total))
+    return receipt
+
+
+def _quota_settle(*, org_id: int, region: str, request_id: str, tokens: int) -> None:
+    try:
+        quota.quota_settle(client=quota_client(), org_id=org_id, region=region, request_id=request_id,
+                           actual_tokens=tokens)  # fmt: skip
+    except Exception:
+        # the lease and window entries expire on their own; admission stays metered
+        logger.exception("quota settle failed", extra={"request": request_id})
+
+
+def _quota_release(*, org_id: int, region: str, request_id: str) -> None:
+    try:
+        quota.quota_release(client=quota_client(), org_id=org_id, region=region, request_id=request_id)
+    except Exception:
+        logger.exception("quota release failed", extra={"request": request_id})
+
+
+def request_fail(
+    *, request_id: str, code: str, message: str, delivered_tokens: int = 0, status: str = Status.FAILED
+) -> bool:
+    """Ends a request without a result. Tokens already delivered on a lost stream are billed; with
+    none, the hold is released and nothing is billed. Returns False if it had already ended."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = _requests().select_for_update().filter(request_id=request_id).first()
+        if row is None or row.finished:
+            return False
+        if delivered_tokens > 0:
+            billing_services.hold_settle(
+                request_id=request_id, input_tokens=row.prompt_tokens, output_tokens=delivered_tokens,
+                api_key_id=row.api_key_id, at=now,
+            )  # fmt: skip
+            row.completion_tokens = delivered_tokens
+            row.delivered_tokens = delivered_tokens
+        else:
+            billing_services.hold_release(request_id=request_id, reason=code)
+        row.status = status
+        row.error_code = code[:64]
+        row.error_message = message[:300]
+        row.completed_at = now
+        row.lease_expires_at = None
+        row.save()
+        region, org_id = row.region, row.organization_id
+        tokens = row.prompt_tokens + delivered_tokens
+        RequestContent.objects.using(region_db_alias(region)).filter(request_id=request_id, expires_at__lte=now).update(
+            body=None
+        )
+
+        def after() -> None:
+            if delivered_tokens > 0:
+                _quota_settle(org_id=org_id, region=region, request_id=request_id, tokens=tokens)
+            else:
+                _quota_release(org_id=org_id, region=region, request_id=request_id)
+            try:
+                streams.event_append(
+                    region=region, request_id=request_id,
+                    event={"type": "error", "code": code, "message": message, "billed_tokens": delivered_tokens},
+                )  # fmt: skip
+            except Exception:
+                logger.exception("could not append the error event", extra={"request": request_id})
+
+        transaction.on_commit(after)
+    return True
+
+
+def request_cancel(*, organization_id: int, request_id: str, reason: str) -> None:
+    """The client went away: the worker stops at its next step (it polls the cancel key); a request
+    still queued ends here. Tokens already produced are billed by the worker's completion."""
+    with org_scope(organization_id):
+        row = InferenceRequest.objects.filter(request_id=request_id).first()
+    if row is None or row.finished:
+        return
+    streams.cancel_set(region=row.region, request_id=request_id)
+    if row.status == Status.QUEUED:
+        request_fail(request_id=request_id, code="cancelled", message=reason, status=Status.CANCELLED)
+
+
+def _delivered_tokens(row: InferenceRequest) -> int:
+    """Token events the lost attempt had appended to the stream (what a client may have seen)."""
+    try:
+        events = streams.events_read(region=row.region, request_id=row.request_id)
+    except Exception:
+        logger.exception("could not read the stream", extra={"request": row.request_id})
+        return 0
+    return sum(1 for e in events if e.get("type") == "tok" and e.get("attempt") == row.attempts)
+
+
+def request_recover(*, request_id: str) -> str:
+    """The reaper's decision for a running request whose lease ran out (its worker died)."""
+    with transaction.atomic():
+        row = (
+            _requests()
+            .select_for_update()
+            .filter(request_id=request_id, status=Status.RUNNING, lease_expires_at__lt=timezone.now())
+            .first()
+        )
+        if row is None:
+            return "skipped"
+        if row.stream:
+            delivered = _delivered_tokens(row)
+            if delivered > 0:
+                transaction.on_commit(
+                    lambda: request_fail(
+                        request_id=request_id, code="stream_lost",
+                        message="the worker was lost after the stream had started; delivered tokens are billed",
+                        delivered_tokens=delivered,
+                    )
+                )  # fmt: skip
+                return "failed_stream"
+        if row.attempts >= settings.REQUEST_MAX_ATTEMPTS:
+            transaction.on_commit(
+                lambda: request_fail(
+                    request_id=request_id, code="worker_lost",
+                    message=f"the request's worker was lost {row.attempts} times",
+                )
+            )  # fmt: skip
+            return "failed"
+        row.status = Status.QUEUED
+        row.lease_expires_at = None
+        row.first_token_at = None
+        row.save(update_fields=["status", "lease_expires_at", "first_token_at", "updated_at"])
+        outbox = OutboxMessage.objects.create(
+            request_id=request_id,
+            task_name=TASK_RUN,
+            queue=region_queue(row.region),
+            kwargs={"region": row.region, "request_id": request_id, "attempt": row.attempts + 1},
+        )
+        transaction.on_commit(lambda: outbox_send(outbox_id=outbox.pk))
+        return "requeued"
+
+
+@dataclass
+class ReapReport:
+    requeued: int = 0
+    failed: int = 0
+    expired: int = 0
+    resent: int = 0
+    purged: int = 0
+    orphans: int = 0
+
+
+def requests_reap(*, now: datetime | None = None) -> ReapReport:
+    """Beat, every few seconds: expired leases, requests past their deadline, unsent outbox rows,
+    content past retention, and regional content whose central row never came."""
+    now = now or timezone.now()
+    report = ReapReport()
+    for request_id in (
+        _requests().filter(status=Status.RUNNING, lease_expires_at__lt=now).values_list("request_id", flat=True)
+    ):
+        outcome = request_recover(request_id=request_id)
+        if outcome == "requeued":
+            report.requeued += 1
+        elif outcome.startswith("failed"):
+            report.failed += 1
+    stranded = (
+        _requests()
+        .filter(Q(status=Status.QUEUED) | Q(status=Status.RUNNING), deadline_at__lt=now)
+        .values_list("request_id", flat=True)
+    )
+    for request_id in stranded:
+        if request_fail(request_id=request_id, code="deadline_exceeded",
+                        message=f"not finished within {settings.REQUEST_DEADLINE_S} s"):  # fmt: skip
+            report.expired += 1
+    resend_before = now - timedelta(seconds=max(2, settings.REAPER_INTERVAL_S))
+    for outbox_id in OutboxMessage.objects.filter(sent_at__isnull=True, created_at__lt=resend_before).values_list(
+        "pk", flat=True
+    ):
+        report.resent += int(outbox_send(outbox_id=outbox_id))
+    for code in settings.REGION_REDIS_URLS:
+        store = RequestContent.objects.using(region_db_alias(code))
+        report.purged += (
+            store.filter(expires_at__lt=now)
+            .filter(Q(body__isnull=False) | Q(completion__isnull=False))
+            .update(body=None, completion=None)
+        )
+        orphan_before = now - timedelta(minutes=5)
+        candidates = list(store.filter(created_at__lt=orphan_before).values_list("request_id", flat=True)[:500])
+        if candidates:
+            known = set(_requests().filter(request_id__in=candidates).values_list("request_id", flat=True))
+            orphans = [c for c in candidates if c not in known]
+            if orphans:
+                report.orphans += store.filter(request_id__in=orphans).delete()[0]
+    return report
+
+
+def requests_cancel_outside(*, organization_id: int, allowed: frozenset[str]) -> int:
+    """A narrowed residency policy cancels the tenant's queued requests in regions no longer allowed."""
+    with org_scope(organization_id):
+        ids = list(
+            InferenceRequest.objects.filter(status=Status.QUEUED)
+            .exclude(region__in=allowed)
+            .values_list("request_id", flat=True)
+        )
+    for request_id in ids:
+        request_fail(
+            request_id=request_id, code="region_no_longer_allowed",
+            message="the residency policy no longer allows this request's region", status=Status.CANCELLED,
+        )  # fmt: skip
+    return len(ids)

@@ -1,0 +1,247 @@
+"""The whole system as separate processes for end-to-end tests: the ASGI web server, regional Celery
+workers running the real engine, the central worker and beat (the reaper). They use the test
+databases and a Redis database of their own, exactly as `make run` wires them.
+
+Tests seed rows with the ORM (transactional_db) and talk to the server over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.db import connections
+from django.utils import timezone
+
+from controlplane.core.regions import REGION_CODES, region_db_alias
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _url(alias: str) -> str:
+    d = connections[alias].settings_dict
+    if connections[alias].vendor != "postgresql":
+        return f"sqlite:///{d['NAME']}"
+    return f"postgres://{d['USER'] or 'postgres'}@{d['HOST'] or '127.0.0.1'}:{d['PORT'] or 5432}/{d['NAME']}"
+
+
+def stack_env(**extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "controlplane.settings.base",
+        "DATABASE_URL": _url("default"),
+        "REDIS_URL": settings.REDIS_URL,
+        "API_KEY_PEPPER": settings.API_KEY_PEPPER,
+        "SECRET_KEY": settings.SECRET_KEY,
+        "DATA_DIR": str(settings.DATA_DIR),
+        "RECEIPT_KEY_DIR": str(settings.RECEIPT_KEY_DIR),
+        "HOST_HEARTBEAT_INTERVAL_S": "1",
+        "HOST_HEARTBEAT_STALE_S": "5",
+        "REQUEST_LEASE_S": "4",
+        "REAPER_INTERVAL_S": "1",
+        "INFERENCE_CONTEXT_TOKENS": "1024",
+        "WORKER_MAX_BATCH": "4",
+        "WORKER_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "DB_POOL_MAX_SIZE": "8",
+    }
+    for code in REGION_CODES:
+        env[f"REGION_{code.upper()}_DATABASE_URL"] = _url(region_db_alias(code))
+        env[f"REGION_{code.upper()}_REDIS_URL"] = settings.REGION_REDIS_URLS[code]
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Stack:
+    """Handles on the running processes; `logs` holds every process's output file."""
+
+    base_url: str
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], **extra: str) -> subprocess.Popen[bytes]:
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(  # noqa: S603  # the project's own programs
+                argv, cwd=ROOT, env={**self.env, **extra}, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.processes[name] = process
+        return process
+
+    def start_worker(self, region: str, *, name: str | None = None) -> subprocess.Popen[bytes]:
+        name = name or f"worker-{region}"
+        return self.start(
+            name,
+            [str(BIN / "celery"), "-A", "workers", "worker", "-Q", f"region.{region}", "-P", "threads",
+             "-c", self.env["WORKER_MAX_BATCH"], "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle",
+             "--without-gossip", "--loglevel", "INFO"],
+            REGION=region,
+        )  # fmt: skip
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        process.wait(timeout=30)
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            process = self.processes[name]
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + 20
+        for name, process in list(self.processes.items()):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            del self.processes[name]
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+
+def stack_start(log_dir: Path, regions: tuple[str, ...], **extra: str) -> Stack:
+    port = _free_port()
+    stack = Stack(base_url=f"http://127.0.0.1:{port}", log_dir=log_dir, env=stack_env(**extra))
+    web = [str(BIN / "uvicorn"), "controlplane.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    if int(extra.get("WEB_PROCESSES", "1")) > 1:
+        web += ["--workers", extra["WEB_PROCESSES"]]
+    stack.start("web", web)
+    stack.start("central", [str(BIN / "celery"), "-A", "workers", "worker", "-Q", "central", "-P", "threads", "-c",
+                            "2", "-n", f"central-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip",
+                            "--loglevel", "INFO"])  # fmt: skip
+    stack.start("beat", [str(BIN / "celery"), "-A", "workers", "beat", "--loglevel", "INFO", "-s",
+                         str(log_dir / "beat-schedule")])  # fmt: skip
+    for region in regions:
+        stack.start_worker(region)
+    wait_for(lambda: _answers(stack.base_url), 60, "the web server did not start")
+    return stack
+
+
+def _answers(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, message: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(message)
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tenant:
+    slug: str
+    org_id: int
+    key: str
+
+
+def seed_platform(regions: tuple[str, ...]) -> None:
+    """Regions, accelerators, catalog, prices, and one CPU-backed host per region serving SmolLM2."""
+    from billing.services import price_book_seed
+    from controlplane.core.services import Actor
+    from controlplane.fleet import selectors as fleet_selectors
+    from controlplane.fleet import services as fleet_services
+
+    actor = Actor.system("tests")
+    fleet_services.regions_sync(actor=actor)
+    fleet_services.accelerator_classes_sync(actor=actor)
+    fleet_services.catalog_sync(actor=actor)
+    price_book_seed(actor=actor)
+    model = fleet_selectors.catalog_get(name=MODEL_NAME)
+    for code in regions:
+        host = fleet_services.host_create(
+            actor=actor,
+            name=f"{code}-l4-01",
+            region=fleet_selectors.region_get(code=code),
+            accelerator_class=fleet_selectors.accelerator_class_get(slug="nvidia-l4"),
+        )
+        fleet_services.deployment_create(actor=actor, model=model, host=host)
+
+
+def seed_tenant(
+    slug: str,
+    *,
+    countries: list[str],
+    retention_days: int = 30,
+    credit: Decimal = Decimal("100"),
+    currency: str = "USD",
+    billing_mode: str = "prepaid",
+) -> Tenant:
+    from billing.services import credit_grant_create
+    from controlplane.core.services import Actor
+    from tenants import services as tenant_services
+    from tenants.models import Organization
+
+    actor = Actor.system("tests")
+    owner = tenant_services.user_create(email=f"owner@{slug}.example", password="a-long-test-password-1",
+                                        email_verified=True)  # fmt: skip
+    org = tenant_services.organization_create(
+        actor=actor, owner=owner, slug=slug, name=slug.title(), billing_country="AE", billing_currency=currency
+    )
+    Organization.objects.filter(pk=org.pk).update(billing_mode=billing_mode)
+    org.refresh_from_db()
+    tenant_services.residency_policy_update(
+        actor=actor, organization=org, allowed_countries=countries, allowed_zones=[], accelerator_family="",
+        retention_days=retention_days,
+    )  # fmt: skip
+    _, secret = tenant_services.api_key_create(actor=actor, organization=org, created_by=owner, name="tests")
+    if credit:
+        credit_grant_create(actor=actor, organization=org, amount=credit, currency=currency, expires_at=None,
+                            priority=0, reason="tests")  # fmt: skip
+    return Tenant(slug=slug, org_id=org.pk, key=secret)
+
+
+def hosts_live(regions: tuple[str, ...], timeout_s: float = 60) -> None:
+    from controlplane.fleet.selectors import hosts_live as live
+
+    def ready() -> bool:
+        codes = {h.region.code for h in live(region_code=None, model_name=MODEL_NAME, now=timezone.now())}
+        return set(regions) <= codes
+
+    wait_for(ready, timeout_s, f"hosts of {regions} never became live (no worker heartbeats)")
+
+
+def stack_fixture(tmp_path_factory: Any, regions: tuple[str, ...], **extra: str) -> Iterator[Stack]:
+    stack = stack_start(tmp_path_factory.mktemp("stack"), regions, **extra)
+    try:
+        yield stack
+    finally:
+        stack.stop()
