@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench setup native services lint types imports schema schema-update pytest clean
+.PHONY: run test test-kill bench setup native services lint types imports schema schema-update pytest clean
 
 $(STAMP): pyproject.toml
 	@echo "==> setting up the virtual environment"
@@ -29,6 +29,12 @@ run: $(STAMP) native
 
 test:
 	@bash scripts/test.sh
+
+# The exactly-once proof at full size: SIGKILLs of regional workers while requests generate
+# (KILL_REQUESTS, KILL_COUNT, KILL_MAX_TOKENS override the size).
+test-kill: $(STAMP) native
+	@KILL_REQUESTS=$${KILL_REQUESTS:-100} KILL_COUNT=$${KILL_COUNT:-10} KILL_MAX_TOKENS=$${KILL_MAX_TOKENS:-64} \
+	  DJANGO_SETTINGS_MODULE=controlplane.settings.test $(PY) -m pytest -p no:cacheprovider -s -q tests/exactly_once
 
 # The `bench` extra adds the anchors' packages (llama.cpp's OpenAI server); LiteLLM installs itself under var/.
 bench: $(STAMP) native

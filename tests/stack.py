@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 from django.conf import settings
 from django.db import connections
 from django.utils import timezone
@@ -64,7 +65,8 @@ def stack_env(**extra: str) -> dict[str, str]:
         "WORKER_MAX_BATCH": "4",
         "WORKER_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
-        "DB_POOL_MAX_SIZE": "8",
+        "DB_POOL_MAX_SIZE": "6",
+        "WEB_DB_THREADS": "4",
     }
     for code in REGION_CODES:
         env[f"REGION_{code.upper()}_DATABASE_URL"] = _url(region_db_alias(code))
@@ -223,6 +225,11 @@ def seed_tenant(
         retention_days=retention_days,
     )  # fmt: skip
     _, secret = tenant_services.api_key_create(actor=actor, organization=org, created_by=owner, name="tests")
+    # ids restart with every test database: forget quota windows an earlier run left under this id
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    stale = list(client.scan_iter(match=f"quota:{{{org.pk}:*"))
+    if stale:
+        client.delete(*stale)
     if credit:
         credit_grant_create(actor=actor, organization=org, amount=credit, currency=currency, expires_at=None,
                             priority=0, reason="tests")  # fmt: skip

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
+from django.db import close_old_connections
 
 from controlplane.core.scoping import org_scope
 from workers.celery import app
@@ -41,10 +42,15 @@ def project_task(*, name: str, region_bound: bool = False, **options: Any) -> Ca
                 if region is None or region != worker_region():
                     raise WrongRegion(f"task {name} for region {region!r} refused by a worker of {worker_region()!r}")
             org_id = kwargs.get("org_id")
-            if org_id is not None:
-                with org_scope(int(org_id)):
-                    return func(**kwargs)
-            return func(**kwargs)
+            # a task is a unit of work like a web request: connections go back to the pool after it
+            close_old_connections()
+            try:
+                if org_id is not None:
+                    with org_scope(int(org_id)):
+                        return func(**kwargs)
+                return func(**kwargs)
+            finally:
+                close_old_connections()
 
         return app.task(name=name, ignore_result=True, **options)(run)
 

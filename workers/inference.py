@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
 
 from controlplane.fleet.artifacts import artifact_local_path
 from controlplane.fleet.models import CatalogModel
@@ -94,7 +93,6 @@ def _wait(job: Job, *, region: str, request_id: str, attempt: int) -> str | None
 
 
 def inference_run(*, region: str, request_id: str, attempt: int) -> str:
-    close_old_connections()
     claimed = services.request_claim(request_id=request_id, region=region, attempt=attempt, worker=WORKER_ID)
     if claimed is None:
         return "not_claimed"

@@ -52,7 +52,8 @@ class BodySizeLimitMiddleware:
         query = request.META.get("QUERY_STRING", "")
         if "\x00" in request.path or "%00" in query or "\x00" in query:
             return JsonResponse(
-                {"error": {"code": "invalid_characters", "message": "NUL characters are not allowed in URLs."}},
+                {"error": {"code": "invalid_characters", "message": "NUL characters are not allowed in URLs.",
+                           "type": "invalid_request_error", "param": None}},
                 status=400,
             )
         length = request.META.get("CONTENT_LENGTH") or "0"
@@ -60,7 +61,8 @@ class BodySizeLimitMiddleware:
             size = int(length)
         except ValueError:
             return JsonResponse(
-                {"error": {"code": "invalid_content_length", "message": "Content-Length is not a number."}},
+                {"error": {"code": "invalid_content_length", "message": "Content-Length is not a number.",
+                           "type": "invalid_request_error", "param": None}},
                 status=400,
             )
         if size > settings.MAX_BODY_BYTES:
@@ -69,6 +71,9 @@ class BodySizeLimitMiddleware:
                     "error": {
                         "code": "request_too_large",
                         "message": f"The body has {size} bytes; the limit is {settings.MAX_BODY_BYTES}.",
+                        # OpenAI's error shape as well, so that /v1 clients read it like any other error
+                        "type": "invalid_request_error",
+                        "param": None,
                     }
                 },
                 status=413,

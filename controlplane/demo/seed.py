@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing.services import fx_tax_seed
+from billing.models import CreditGrant
+from billing.services import credit_grant_create, fx_tax_seed, price_book_seed
 from controlplane.core.scoping import org_scope
 from controlplane.core.services import Actor, audit_record
 from controlplane.fleet import selectors as fleet_selectors
@@ -220,12 +222,27 @@ def seed_api_key(*, actor: Actor, organization: Organization, owner: User, key_f
     return secret, True
 
 
+DEMO_CREDIT = Decimal("500")  # AED, a prepaid starting balance for the demo organisation
+
+
+def seed_credit(*, actor: Actor, organization: Organization) -> None:
+    with org_scope(organization.pk):
+        granted = CreditGrant.objects.filter(organization=organization).exists()
+    if not granted:
+        credit_grant_create(
+            actor=actor, organization=organization, amount=DEMO_CREDIT, currency=organization.billing_currency,
+            expires_at=None, priority=100, reason="demo starting credit",
+        )  # fmt: skip
+
+
 def seed_demo() -> DemoSummary:
     actor = Actor.system("seed_demo")
     password = demo_password()
     hosts, deployments = seed_fleet(actor=actor)
     fx_tax_seed(actor=actor)
+    price_book_seed(actor=actor)
     organization, owner = seed_tenants(actor=actor, password=password)
+    seed_credit(actor=actor, organization=organization)
     api_key, created = seed_api_key(actor=actor, organization=organization, owner=owner, key_file=demo_api_key_file())
     return DemoSummary(
         url=settings.PUBLIC_URL,

@@ -18,9 +18,10 @@ from billing import services as billing_services
 from controlplane.core.regions import region_db_alias, region_queue
 from controlplane.core.scoping import org_scope
 from controlplane.inference import quota, streams
-from controlplane.inference.admission import TASK_RUN, outbox_send, quota_client
+from controlplane.inference.admission import TASK_RUN, allowed_regions, outbox_send, quota_client
 from controlplane.inference.models import InferenceRequest, OutboxMessage, RequestContent
 from controlplane.inference.receipts import content_hmac, receipt_sign
+from tenants.models import ResidencyPolicy
 
 logger = logging.getLogger("controlplane.inference")
 Status = InferenceRequest.Status
@@ -61,6 +62,12 @@ def request_claim(*, request_id: str, region: str, attempt: int, worker: str) ->
     if not claimed:
         return None
     row = _requests().get(request_id=request_id)
+    if not _region_still_allowed(organization_id=row.organization_id, region=region):
+        request_fail(
+            request_id=request_id, code="region_no_longer_allowed",
+            message="the residency policy no longer allows this request's region", status=Status.CANCELLED,
+        )  # fmt: skip
+        return None
     content = RequestContent.objects.using(region_db_alias(region)).filter(request_id=request_id).first()
     if content is None or content.body is None:
         request_fail(request_id=request_id, code="content_missing", message="the request's content is gone")
@@ -76,6 +83,13 @@ def request_claim(*, request_id: str, region: str, attempt: int, worker: str) ->
         prompt_tokens=row.prompt_tokens,
         content=content.body,
     )
+
+
+def _region_still_allowed(*, organization_id: int, region: str) -> bool:
+    """Residency is checked again when work starts: a policy narrowed after admission wins."""
+    with org_scope(organization_id):
+        policy = ResidencyPolicy.objects.filter(organization_id=organization_id).first()
+    return region in allowed_regions(policy)
 
 
 def request_lease_renew(*, request_id: str, attempt: int) -> bool:
@@ -323,6 +337,7 @@ class ReapReport:
     resent: int = 0
     purged: int = 0
     orphans: int = 0
+    cancelled: int = 0
 
 
 def requests_reap(*, now: datetime | None = None) -> ReapReport:
@@ -347,6 +362,14 @@ def requests_reap(*, now: datetime | None = None) -> ReapReport:
         if request_fail(request_id=request_id, code="deadline_exceeded",
                         message=f"not finished within {settings.REQUEST_DEADLINE_S} s"):  # fmt: skip
             report.expired += 1
+    queued_by_org: dict[int, set[str]] = {}
+    for org_id, region in _requests().filter(status=Status.QUEUED).values_list("organization_id", "region"):
+        queued_by_org.setdefault(org_id, set()).add(region)
+    for org_id, regions in queued_by_org.items():
+        with org_scope(org_id):
+            policy = ResidencyPolicy.objects.filter(organization_id=org_id).first()
+        if regions - allowed_regions(policy):
+            report.cancelled += requests_cancel_outside(organization_id=org_id, allowed=allowed_regions(policy))
     resend_before = now - timedelta(seconds=max(2, settings.REAPER_INTERVAL_S))
     for outbox_id in OutboxMessage.objects.filter(sent_at__isnull=True, created_at__lt=resend_before).values_list(
         "pk", flat=True

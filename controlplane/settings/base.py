@@ -91,7 +91,9 @@ def _database(url: str) -> dict[str, Any]:
         # persistent per-thread connections would pile up until the server refuses clients.
         config["CONN_MAX_AGE"] = 0
         config.setdefault("OPTIONS", {})["pool"] = {
-            "min_size": 1,
+            # none kept open when idle: a process that touched every region's store once (the
+            # reaper) does not hold nine connections for ever
+            "min_size": 0,
             "max_size": DB_POOL_MAX_SIZE,
             "max_idle": 60,
             "timeout": 10,

@@ -11,9 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
+from django.utils import timezone
 
 from billing.models import CreditHold, LedgerEntry
-from billing.services import balance_get
+from billing.services import balance_get, price_entry_add
+from controlplane.core.services import Actor
+from controlplane.fleet.models import Host
 from controlplane.inference.models import InferenceRequest
 from tenants.models import Organization, RegionalQuota
 from tests.stack import MODEL_NAME, Stack, hosts_live, seed_platform, seed_tenant, stack_fixture
@@ -44,8 +47,15 @@ def test_concurrent_admission_respects_tokens_per_minute_and_balance(
     stack: Stack, transactional_db: None, limit: str
 ) -> None:
     seed_platform((REGION,))
-    credit = Decimal("1000") if limit == "tokens" else Decimal("0.0005")
+    # room in the host's queue, so that the quota and the balance are what refuse, not region_busy
+    Host.objects.update(max_concurrent_requests=64)
+    credit = Decimal("1000") if limit == "tokens" else Decimal("0.10")
     tenant = seed_tenant(f"load-{limit}", countries=["AE"], credit=credit)
+    if limit == "credit":
+        # a dear price, so that a small balance covers a handful of holds at a time
+        for kind in ("input", "output"):
+            price_entry_add(actor=Actor.system("tests"), model_name=MODEL_NAME, region=REGION, token_kind=kind,
+                            usd_per_million=Decimal("500"), effective_from=timezone.now())  # fmt: skip
     RegionalQuota.objects.unscoped_all_orgs().update_or_create(
         organization_id=tenant.org_id, region=REGION,
         defaults={"tokens_per_minute": TOKENS_PER_MINUTE if limit == "tokens" else 10_000_000,
@@ -55,8 +65,9 @@ def test_concurrent_admission_respects_tokens_per_minute_and_balance(
     with ThreadPoolExecutor(50) as pool:
         responses = list(pool.map(lambda i: _post(stack, tenant.key, i), range(REQUESTS)))
     statuses = [r.status_code for r in responses]
+    codes = {r.json()["error"]["code"] for r in responses if r.status_code != 200}
     admitted = list(InferenceRequest.objects.unscoped_all_orgs().filter(organization_id=tenant.org_id))
-    assert statuses.count(200) == len(admitted) > 0
+    assert statuses.count(200) == len(admitted) > 0, codes
     refused = [r for r in responses if r.status_code != 200]
     assert refused, "nothing was refused: the limit was never reached"
     org = Organization.objects.get(pk=tenant.org_id)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -55,7 +55,7 @@ def _in_pool(func: Callable[..., _T]) -> Callable[..., Awaitable[_T]]:
         try:
             return func(*args, **kwargs)
         finally:
-            close_old_connections()
+            connections.close_all()
 
     return sync_to_async(run, thread_sensitive=False, executor=_DB_POOL)
 

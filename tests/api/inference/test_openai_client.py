@@ -10,6 +10,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -278,3 +279,23 @@ def test_catalog_model_has_context(stack: Stack, tenant: Tenant) -> None:
         client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=5000)
     assert too_long.value.code == "context_length_exceeded"
     assert model.context_length >= 1024
+
+
+def test_concurrent_requests_share_the_batch_and_match_the_engine(stack: Stack, tenant: Tenant,
+                                                                  engine: Engine) -> None:  # fmt: skip
+    prompts = [f"Write one sentence about the number {i}." for i in range(4)]
+    client = _client(stack, tenant.key)
+
+    def ask(prompt: str) -> Any:
+        return client.chat.completions.with_raw_response.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": prompt}], max_tokens=32, temperature=0
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        raws = list(pool.map(ask, prompts))
+    for prompt, raw in zip(prompts, raws, strict=True):
+        expected = engine.generate(engine.apply_chat_template([{"role": "user", "content": prompt}]), max_tokens=32)
+        assert raw.parse().choices[0].message.content == expected.text
+    ids = [raw.headers["x-inference-request-id"] for raw in raws]
+    rows = InferenceRequest.objects.unscoped_all_orgs().filter(request_id__in=ids)
+    assert max(int(r.timings["max_batch"]) for r in rows) >= 2, "the engine loop never held two sequences at once"
