@@ -69,6 +69,7 @@ class RetainedContent:
 
     request: Any
     response: Any
+    receipt_salt: str
 
 
 def request_content_get(
@@ -86,11 +87,11 @@ def request_content_get(
         RequestContent.objects.using(region_db_alias(request.region))
         .filter(request_id=request.request_id, organization_id=organization.pk, expires_at__gt=now)
         .filter(Q(body__isnull=False) | Q(completion__isnull=False))
-        .only("body", "completion")
+        .only("body", "completion", "salt")
         .first()
     )
     if stored is None:
         return None
     body = stored.body if isinstance(stored.body, dict) else {}
     completion = stored.completion if isinstance(stored.completion, dict) else {}
-    return RetainedContent(request=body.get("request"), response=completion.get("response"))
+    return RetainedContent(request=body.get("request"), response=completion.get("response"), receipt_salt=stored.salt)

@@ -89,6 +89,9 @@ class RetainedContentSerializer(serializers.Serializer):  # type: ignore[type-ar
     response = serializers.DictField(
         read_only=True, allow_null=True, help_text="The response returned; null while running or after a failure."
     )
+    receipt_salt = serializers.CharField(
+        read_only=True, help_text="Hex key of the receipt's input and output HMACs (docs/receipts.md)."
+    )
 
 
 class InferenceRequestDetailPartSerializer(serializers.Serializer):  # type: ignore[type-arg]  # untyped output serializer

@@ -5,6 +5,8 @@ engine's own, usage must equal the ledger, and errors must surface as the client
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import math
 import threading
@@ -16,6 +18,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -82,9 +86,29 @@ def test_chat_greedy_equals_the_engine_and_usage_equals_the_ledger(stack: Stack,
     assert row.status == "completed"
     assert row.region == "dxb"
     receipt = json.loads(base64.urlsafe_b64decode(raw.headers["x-residency-receipt"] + "=="))
-    assert receipt["claims"]["region"] == "dxb"
-    assert receipt["claims"]["backend"] == "cpu"
-    assert receipt["claims"]["output_tokens"] == reply.usage.completion_tokens
+    claims = receipt["claims"]
+    assert (claims["region"], claims["country"], claims["backend"]) == ("dxb", "AE", "cpu")
+    assert claims["output_tokens"] == reply.usage.completion_tokens
+    # verified independently: PyNaCl with the published key set, and the HMACs recomputed from the
+    # content and salt the region still holds
+    keys = httpx.get(f"{stack.base_url}/v1/receipts/keys", timeout=10).json()["keys"]
+    key = next(k for k in keys if k["kid"] == receipt["kid"])
+    signed = json.dumps(claims, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    signature = base64.urlsafe_b64decode(receipt["signature"] + "==")
+    verify_key = VerifyKey(base64.urlsafe_b64decode(key["x"] + "=="))
+    verify_key.verify(signed, signature)
+    with pytest.raises(BadSignatureError):
+        verify_key.verify(signed.replace(b'"dxb"', b'"fra"'), signature)
+    auth = {"Authorization": f"Bearer {tenant.key}"}
+    detail = httpx.get(f"{stack.base_url}/api/v1/orgs/{tenant.slug}/requests/{request_id}", headers=auth, timeout=10)
+    content = detail.json()["content"]
+    salt = bytes.fromhex(content["receipt_salt"])
+    sent = json.dumps(content["request"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert hmac.new(salt, sent.encode(), hashlib.sha256).hexdigest() == claims["input_hmac"]
+    output = (reply.choices[0].message.content or "").encode()
+    assert hmac.new(salt, output, hashlib.sha256).hexdigest() == claims["output_hmac"]
+    by_id = httpx.get(f"{stack.base_url}/v1/receipts/{request_id}", headers=auth, timeout=10)
+    assert by_id.json() == receipt
 
 
 def test_chat_stream_matches_non_stream_and_reports_usage(stack: Stack, tenant: Tenant, engine: Engine) -> None:
