@@ -29,7 +29,7 @@ from controlplane.fleet.models import CatalogModel
 from controlplane.inference.models import InferenceRequest
 from native import Engine
 from tenants.models import RegionalQuota
-from tests.stack import MODEL_NAME, Stack, Tenant, hosts_live, seed_platform, seed_tenant, stack_fixture
+from tests.stack import MODEL_NAME, Stack, Tenant, hosts_live, seed_platform, seed_tenant, stack_fixture, wait_for
 
 REGIONS = ("dxb", "fra")
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -221,37 +221,50 @@ def test_over_quota_is_429_and_the_client_retries_after_retry_after(stack: Stack
         organization_id=tenant.org_id, region="dxb", defaults={"concurrent_requests": 1}
     )
     client = _client(stack, tenant.key)
+    auth = {"Authorization": f"Bearer {tenant.key}"}
+    story = "Write a very long story about a lighthouse keeper."
+    count: list[ChatCompletionMessageParam] = [{"role": "user", "content": story}]
+    # a long stream holds the only slot; a second request is refused with the limit's headers
+    with httpx.stream(
+        "POST", f"{stack.base_url}/v1/chat/completions", headers=auth, timeout=60,
+        json={"model": MODEL_NAME, "messages": count, "max_tokens": 900, "temperature": 0, "stream": True},
+    ) as holder:  # fmt: skip
+        assert holder.status_code == 200
+        lines = holder.iter_lines()  # kept alive: closing it would close the connection (a disconnect)
+        assert next(line for line in lines if '"content":"' in line and '"content":""' not in line)
+        refused = httpx.post(f"{stack.base_url}/v1/chat/completions", headers=auth, timeout=60,
+                             json={"model": MODEL_NAME, "messages": MESSAGES, "max_tokens": 4})  # fmt: skip
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limit_concurrent_requests"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.headers["x-ratelimit-limit-requests"]
+        assert refused.headers["x-request-id"]
+    # closing the stream cancels its generation and frees the slot: a short holder takes it, and
+    # the client, with its default settings, is refused, waits Retry-After and succeeds on a retry
     started = threading.Event()
-    results: list[str] = []
 
-    def long_stream() -> None:
-        stream = client.chat.completions.create(
-            model=MODEL_NAME, messages=MESSAGES, max_tokens=48, temperature=0, stream=True,
-        )  # fmt: skip
+    def short_holder() -> None:
+        stream = client.chat.completions.create(model=MODEL_NAME, messages=count, max_tokens=60, temperature=0,
+                                                stream=True)  # fmt: skip
         for _ in stream:
             started.set()
-        results.append("first")
 
-    holder = threading.Thread(target=long_stream)
-    holder.start()
+    holder_thread = threading.Thread(target=short_holder)
+    wait_for(lambda: _free_slot(stack, tenant), 30, "the cancelled stream never gave its slot back")
+    holder_thread.start()
     assert started.wait(60)
-    refused = httpx.post(
-        f"{stack.base_url}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {tenant.key}"},
-        json={"model": MODEL_NAME, "messages": MESSAGES, "max_tokens": 4},
-        timeout=60,
-    )
-    assert refused.status_code == 429
-    assert refused.json()["error"]["code"] == "rate_limit_concurrent_requests"
-    assert int(refused.headers["retry-after"]) >= 1
-    assert refused.headers["x-ratelimit-limit-requests"]
     raw = client.chat.completions.with_raw_response.create(
         model=MODEL_NAME, messages=MESSAGES, max_tokens=4, temperature=0
     )
-    holder.join(60)
+    holder_thread.join(60)
     assert raw.parse().choices[0].message.content is not None
-    assert results == ["first"]
-    assert raw.retries_taken >= 0
+    assert raw.retries_taken >= 1, "the client was never refused: the slot was not held"
+
+
+def _free_slot(stack: Stack, tenant: Tenant) -> bool:
+    return not InferenceRequest.objects.unscoped_all_orgs().filter(
+        organization_id=tenant.org_id, status__in=["queued", "running"]
+    ).exists()
 
 
 def test_idempotency_key_replays_without_charging_twice(stack: Stack, tenant: Tenant) -> None:
