@@ -512,9 +512,12 @@ def request_admit(
                 },
             )
             transaction.on_commit(lambda: outbox_send(outbox_id=outbox.pk))
-    except BaseException:
+    except BaseException as exc:
         quota.quota_release(client=quota_client(), org_id=organization.pk, region=region, request_id=request_id)
         RequestContent.objects.using(region_alias).filter(request_id=request_id).delete()
+        if isinstance(exc, DomainError):
+            # refused after the quota step (credit, idempotency): the limits are known, say them
+            exc.details = {**exc.details, "headers": decision.headers}
         raise
     done = time.perf_counter()
     timings = {

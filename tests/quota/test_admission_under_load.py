@@ -85,6 +85,8 @@ def test_concurrent_admission_respects_tokens_per_minute_and_balance(
         for r in refused:
             assert r.status_code == 402, r.text
             assert r.json()["error"]["code"] == "insufficient_credit"
+            assert r.headers["x-ratelimit-limit-tokens"]
+            assert r.headers["x-request-id"]
         balance = balance_get(organization=org)
         assert balance.available >= 0
         assert not CreditHold.objects.unscoped_all_orgs().filter(organization=org, status="open").exists()
