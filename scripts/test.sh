@@ -61,7 +61,7 @@ phase ruff       .venv/bin/ruff check .
 phase mypy       .venv/bin/mypy .
 phase imports    .venv/bin/lint-imports
 phase schema     schema_check
-phase pytest     run_pytest tests
+phase pytest     run_pytest tests --durations=12
 phase bench      $PY bench/run.py --tiny
 
 echo
