@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from billing.models import CreditHold, LedgerEntry
 from billing.services import credit_grant_create, price_book_seed
+from controlplane.core.errors import Conflict, DomainError
 from controlplane.core.services import Actor
 from controlplane.fleet import selectors as fleet_selectors
 from controlplane.fleet import services as fleet_services
@@ -22,6 +23,7 @@ from controlplane.fleet.models import Host
 from controlplane.inference.admission import request_admit, tokenizer_for
 from controlplane.inference.models import InferenceRequest, OutboxMessage
 from controlplane.inference.openai_schema import parse_generation
+from controlplane.inference.services import request_claim, request_complete
 from tenants import services as tenant_services
 from tenants.models import ApiKey
 from tests.factories import Customer, make_customer
@@ -179,3 +181,59 @@ def test_expired_idempotency_keys_do_not_block(gulf: Customer) -> None:
         region_header=None, idempotency_key="k1", now=later,
     )  # fmt: skip
     assert first.request_id != second.request_id
+
+
+def _admit_with_key(customer: Customer, key: str, body: dict[str, Any] | None = None) -> Any:
+    api_key = ApiKey.objects.unscoped_all_orgs().get(organization=customer.organization)
+    body = body or GOOD
+    return request_admit(
+        api_key=api_key, organization=customer.organization, parsed=parse_generation(body, "chat"), raw_body=body,
+        region_header=None, idempotency_key=key,
+    )  # fmt: skip
+
+
+def _finish(request_id: str) -> None:
+    assert request_claim(request_id=request_id, region="dxb", attempt=1, worker="w") is not None
+    response = {"id": request_id, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+    assert request_complete(request_id=request_id, attempt=1, completion_tokens=1, finish_reason="stop",
+                            response=response, output=b"x", timings={}) is not None  # fmt: skip
+
+
+def test_idempotency_in_progress_different_body_and_not_retained(gulf: Customer) -> None:
+    first = _admit_with_key(gulf, "dup")
+    with pytest.raises(Conflict) as running:
+        _admit_with_key(gulf, "dup")
+    assert running.value.code == "idempotent_request_in_progress"
+    with pytest.raises(DomainError) as changed:
+        _admit_with_key(gulf, "dup", {**GOOD, "max_tokens": 5})
+    assert (changed.value.code, changed.value.http_status) == ("idempotency_key_reused", 422)
+    _finish(first.request_id)
+    replay = _admit_with_key(gulf, "dup")
+    assert replay.replay is not None
+    assert replay.replay["body"]["id"] == first.request_id
+    assert LedgerEntry.objects.unscoped_all_orgs().count() == 1
+    # with retention 0 nothing of the response is kept: the replay says so, and charges nothing
+    tenant_services.residency_policy_update(
+        actor=Actor.system("tests"), organization=gulf.organization, allowed_countries=["AE"], allowed_zones=[],
+        accelerator_family="", retention_days=0,
+    )  # fmt: skip
+    forgotten = _admit_with_key(gulf, "zero")
+    _finish(forgotten.request_id)
+    with pytest.raises(Conflict) as gone:
+        _admit_with_key(gulf, "zero")
+    assert gone.value.code == "idempotent_response_not_retained"
+    assert LedgerEntry.objects.unscoped_all_orgs().count() == 2
+
+
+def test_idempotency_keys_are_per_organisation(gulf: Customer) -> None:
+    other = make_customer(slug="other")
+    tenant_services.residency_policy_update(
+        actor=Actor.system("tests"), organization=other.organization, allowed_countries=["AE"], allowed_zones=[],
+        accelerator_family="", retention_days=1,
+    )  # fmt: skip
+    credit_grant_create(actor=Actor.system("tests"), organization=other.organization, amount="10", currency="USD",
+                        expires_at=None, reason="tests")  # fmt: skip
+    mine = _admit_with_key(gulf, "shared-key")
+    theirs = _admit_with_key(other, "shared-key")
+    assert mine.request_id != theirs.request_id
+    assert theirs.replay is None
