@@ -28,6 +28,7 @@ from django.db import connections
 from django.utils import timezone
 
 from controlplane.core.regions import REGION_CODES, region_db_alias
+from tests.factories import Customer, make_customer
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -252,3 +253,25 @@ def stack_fixture(tmp_path_factory: Any, regions: tuple[str, ...], **extra: str)
         yield stack
     finally:
         stack.stop()
+
+
+def serving_customer(slug: str = "gulf") -> Customer:
+    """Without processes: the platform with one dxb host whose heartbeat is fresh now, and an
+    organisation allowed only in the UAE (retention 1 day, USD 10 of credit), for tests that drive
+    admission and the request services directly."""
+    from billing.services import credit_grant_create
+    from controlplane.core.services import Actor
+    from controlplane.fleet.models import Host
+    from tenants import services as tenant_services
+
+    seed_platform(("dxb",))
+    Host.objects.update(last_heartbeat_at=timezone.now())
+    actor = Actor.system("tests")
+    customer = make_customer(slug=slug)
+    tenant_services.residency_policy_update(
+        actor=actor, organization=customer.organization, allowed_countries=["AE"], allowed_zones=[],
+        accelerator_family="", retention_days=1,
+    )  # fmt: skip
+    credit_grant_create(actor=actor, organization=customer.organization, amount="10", currency="USD",
+                        expires_at=None, reason="tests")  # fmt: skip
+    return customer

@@ -14,11 +14,10 @@ from django.test import Client
 from django.utils import timezone
 
 from billing.models import CreditHold, LedgerEntry
-from billing.services import credit_grant_create, price_book_seed
+from billing.services import credit_grant_create
 from controlplane.core.errors import Conflict, DomainError
 from controlplane.core.services import Actor
 from controlplane.fleet import selectors as fleet_selectors
-from controlplane.fleet import services as fleet_services
 from controlplane.fleet.models import Host
 from controlplane.inference.admission import request_admit, tokenizer_for
 from controlplane.inference.models import InferenceRequest, OutboxMessage
@@ -27,6 +26,7 @@ from controlplane.inference.services import request_claim, request_complete
 from tenants import services as tenant_services
 from tenants.models import ApiKey
 from tests.factories import Customer, make_customer
+from tests.stack import serving_customer
 
 MODEL = "SmolLM2-135M-Instruct"
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -34,25 +34,7 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 @pytest.fixture
 def gulf(transactional_db: None) -> Customer:
-    actor = Actor.system("tests")
-    fleet_services.regions_sync(actor=actor)
-    fleet_services.accelerator_classes_sync(actor=actor)
-    fleet_services.catalog_sync(actor=actor)
-    price_book_seed(actor=actor)
-    host = fleet_services.host_create(
-        actor=actor, name="dxb-l4-01", region=fleet_selectors.region_get(code="dxb"),
-        accelerator_class=fleet_selectors.accelerator_class_get(slug="nvidia-l4"),
-    )  # fmt: skip
-    fleet_services.deployment_create(actor=actor, model=fleet_selectors.catalog_get(name=MODEL), host=host)
-    Host.objects.filter(pk=host.pk).update(last_heartbeat_at=timezone.now())
-    customer = make_customer(slug="gulf")
-    tenant_services.residency_policy_update(
-        actor=actor, organization=customer.organization, allowed_countries=["AE"], allowed_zones=[],
-        accelerator_family="", retention_days=1,
-    )  # fmt: skip
-    credit_grant_create(actor=actor, organization=customer.organization, amount="10", currency="USD",
-                        expires_at=None, reason="tests")  # fmt: skip
-    return customer
+    return serving_customer()
 
 
 def _post(client: Client, key: str, path: str, body: Any, region: str | None = None) -> Any:
