@@ -107,6 +107,7 @@ class _Sequence:
     on_token: TokenCallback | None
     tokens: list[int] = field(default_factory=list)
     prefilled: bool = False
+    cached: int = 0  # prompt tokens whose keys and values the slot already held
     emitted: int = 0
     text: str = ""
     finish_reason: FinishReason | None = None
@@ -286,7 +287,11 @@ class BatchSession:
         self._ctx = context or _engine.Context(
             engine._model, n_ctx=engine.info.n_ctx, n_seq_max=max_sequences, n_ubatch=engine._n_ubatch
         )
-        self._free = list(range(max_sequences))
+        self._free = list(range(max_sequences))  # longest free first: their caches are the oldest
+        # the tokens whose keys and values each slot holds; a free slot keeps them for a prompt that
+        # starts the same way (a shared system prompt, a conversation's next turn)
+        self._held: list[list[int]] = [[] for _ in range(max_sequences)]
+        self.reused_tokens = 0
         self._seqs: dict[int, _Sequence] = {}
         self._eog = engine.end_of_generation_ids()
         self._next_id = 0
@@ -322,17 +327,36 @@ class BatchSession:
             repeat_last_n=s.repeat_last_n,
             seed=seed,
         )
-        slot = self._free.pop(0)
-        self._ctx.seq_reset(slot)
+        slot, keep = self._slot_for(prompt)
+        self._free.remove(slot)
+        if keep:
+            self._ctx.seq_truncate(slot, keep)
+        else:
+            self._ctx.seq_reset(slot)
+        self._held[slot] = []
+        self.reused_tokens += keep
         seq_id = self._next_id
         self._next_id += 1
-        seq = _Sequence(slot, prompt, max_tokens, [x for x in (stop or []) if x], sampler, on_token)
+        seq = _Sequence(slot, prompt, max_tokens, [x for x in (stop or []) if x], sampler, on_token, cached=keep)
         if logprobs is not None:
             if not 0 <= logprobs <= 20:
                 raise EngineError("logprobs takes 0 to 20 alternatives", "invalid_argument")
             seq.logprobs = logprobs
         self._seqs[seq_id] = seq
         return seq_id
+
+    def _slot_for(self, prompt: list[int]) -> tuple[int, int]:
+        """The free slot holding the longest prefix of `prompt`, and how many of its tokens to keep
+        (never the whole prompt: its last token must be decoded for the first logits)."""
+        best, keep = self._free[0], 0
+        for slot in self._free:
+            held = self._held[slot]
+            n, limit = 0, min(len(held), len(prompt) - 1)
+            while n < limit and held[n] == prompt[n]:
+                n += 1
+            if n > keep:
+                best, keep = slot, n
+        return best, keep
 
     def finished(self, seq_id: int) -> bool:
         return self._get(seq_id).finish_reason is not None
@@ -344,7 +368,8 @@ class BatchSession:
         seq = self._get(seq_id)
         del self._seqs[seq_id]
         self._free.append(seq.slot)
-        self._free.sort()
+        fed = self._ctx.seq_length(seq.slot)
+        self._held[seq.slot] = (seq.prompt + seq.tokens)[:fed] if fed > 0 else []
         if seq.finish_reason is None:
             seq.finish_reason = "length"
             self._flush(seq, final=True)
@@ -365,7 +390,7 @@ class BatchSession:
         slots: list[int] = []
         outputs = bytearray()
         for _, s in running:
-            feed = s.prompt if not s.prefilled else [s.tokens[-1]]
+            feed = s.prompt[s.cached :] if not s.prefilled else [s.tokens[-1]]
             tokens.extend(feed)
             slots.extend([s.slot] * len(feed))
             outputs.extend(bytes(len(feed) - 1) + bytes([_engine.OUTPUT_LOGITS]))

@@ -181,6 +181,9 @@ void sov_context_free(sov_context *ctx);
 uint32_t sov_context_n_ctx(const sov_context *ctx);
 /* Forgets a sequence's tokens so that its slot can start a new one. */
 sov_status sov_context_seq_reset(sov_context *ctx, int32_t seq_id);
+/* Keeps only a sequence's first n_keep tokens (0 <= n_keep <= its length): a new prompt that
+ * starts with them continues from there instead of computing their keys and values again. */
+sov_status sov_context_seq_truncate(sov_context *ctx, int32_t seq_id, uint32_t n_keep);
 /* Tokens held for a sequence, or -1 for a bad id. */
 int32_t sov_context_seq_length(const sov_context *ctx, int32_t seq_id);
 /* Runs the batch. Rows with SOV_OUTPUT_LOGITS write n_vocab floats to `logits` and rows with

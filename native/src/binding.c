@@ -342,6 +342,19 @@ static PyObject *Context_seq_reset(ContextObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Context_seq_truncate(ContextObject *self, PyObject *args) {
+    if (!context_ready(self)) return NULL;
+    long seq, keep;
+    if (!PyArg_ParseTuple(args, "ll", &seq, &keep)) return NULL;
+    if (keep < 0 || keep > (long)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "n_keep must be between 0 and the sequence's length");
+        return NULL;
+    }
+    sov_status st = sov_context_seq_truncate(self->ctx, seq < INT32_MIN || seq > INT32_MAX ? -1 : (int32_t)seq, (uint32_t)keep);
+    if (st != SOV_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Context_seq_length(ContextObject *self, PyObject *arg) {
     if (!context_ready(self)) return NULL;
     long seq = PyLong_AsLong(arg);
@@ -358,6 +371,7 @@ static PyObject *Context_n_ctx(ContextObject *self, PyObject *unused) {
 static PyMethodDef Context_methods[] = {
     {"decode", (PyCFunction)Context_decode, METH_VARARGS, "decode(tokens, seq_ids, outputs) -> (logits, embeddings) float32 bytes."},
     {"seq_reset", (PyCFunction)Context_seq_reset, METH_O, "Forget a sequence."},
+    {"seq_truncate", (PyCFunction)Context_seq_truncate, METH_VARARGS, "seq_truncate(seq, n_keep): keep a sequence's first n_keep tokens."},
     {"seq_length", (PyCFunction)Context_seq_length, METH_O, "Tokens held for a sequence (-1: bad id)."},
     {"n_ctx", (PyCFunction)Context_n_ctx, METH_NOARGS, "Context length per sequence."},
     {NULL, NULL, 0, NULL},

@@ -392,6 +392,13 @@ sov_status sov_context_seq_reset(sov_context *c, int32_t seq) {
     return SOV_OK;
 }
 
+sov_status sov_context_seq_truncate(sov_context *c, int32_t seq, uint32_t n_keep) {
+    if (seq < 0 || (uint32_t)seq >= c->n_seq_max) return sov_fail(SOV_ERR_INVALID_ARGUMENT, "sequence id %d is not in 0..%u", seq, c->n_seq_max - 1);
+    if (n_keep > c->seqs[seq].len) return sov_fail(SOV_ERR_INVALID_ARGUMENT, "sequence %d holds %u tokens, cannot keep %u", seq, c->seqs[seq].len, n_keep);
+    c->seqs[seq].len = n_keep;
+    return SOV_OK;
+}
+
 int32_t sov_context_seq_length(const sov_context *c, int32_t seq) {
     if (seq < 0 || (uint32_t)seq >= c->n_seq_max) return -1;
     return (int32_t)c->seqs[seq].len;

@@ -508,6 +508,16 @@ static void test_tiny_model(void) {
     bad = (sov_batch){1, &tok, &seq_bad, NULL};
     CHECK(sov_context_decode(c, &bad, NULL, NULL) == SOV_ERR_INVALID_ARGUMENT);
     CHECK(sov_context_seq_length(c, 0) == 10);
+    /* a kept prefix: truncate to 6 tokens, then the last 4 again give the same logits */
+    CHECK(sov_context_seq_truncate(c, 0, 11) == SOV_ERR_INVALID_ARGUMENT && sov_context_seq_length(c, 0) == 10);
+    CHECK(sov_context_seq_truncate(c, 3, 1) == SOV_ERR_INVALID_ARGUMENT);
+    CHECK(sov_context_seq_truncate(c, 0, 6) == SOV_OK && sov_context_seq_length(c, 0) == 6);
+    static float tail[4 * V];
+    sov_batch rest = {4, prompt + 6, seqs, outs};
+    CHECK(sov_context_decode(c, &rest, tail, NULL) == SOV_OK && sov_context_seq_length(c, 0) == 10);
+    float worst_tail = 0;
+    for (int k = 0; k < 4 * V; k++) worst_tail = fmaxf(worst_tail, fabsf(tail[k] - full[6 * V + k]));
+    CHECK(worst_tail < 1e-4f);
     /* the context limit */
     static int32_t many[64], zeros[64];
     for (int i = 0; i < 64; i++) many[i] = i % V;

@@ -124,3 +124,37 @@ def test_batch_equals_alone_with_joins_and_leaves(engine: Engine) -> None:
             results[running.pop(seq_id)] = session.remove(seq_id).tokens
     assert steps > 16
     assert [results[i] for i in range(len(prompts))] == alone
+    # the chat template's shared system prompt is kept in freed slots, not computed again
+    assert session.reused_tokens > 0
+
+
+def test_a_freed_slot_keeps_its_prefix_and_gives_the_same_tokens(engine: Engine) -> None:
+    first = engine.apply_chat_template([{"role": "user", "content": PROMPTS[0]}])
+    alone = engine.generate(first, max_tokens=12)
+    session = engine.batch(max_sequences=2)
+
+    def run(prompt: list[int]) -> list[int]:
+        seq = session.add(prompt, max_tokens=12)
+        while not session.finished(seq):
+            session.step()
+        return session.remove(seq).tokens
+
+    assert run(first) == alone.tokens and session.reused_tokens == 0
+    # the same prompt again: all but its last token come from the slot
+    assert run(first) == alone.tokens
+    assert session.reused_tokens == len(first) - 1
+    # the conversation's next turn starts with the first turn and its answer
+    turns = [
+        {"role": "user", "content": PROMPTS[0]},
+        {"role": "assistant", "content": alone.text},
+        {"role": "user", "content": PROMPTS[1]},
+    ]
+    second = engine.apply_chat_template(turns)
+    before = session.reused_tokens
+    assert run(second) == engine.generate(second, max_tokens=12).tokens
+    assert session.reused_tokens - before >= len(first)
+    # a prompt that shares nothing reuses nothing
+    other = engine.tokenize("Zebras", add_special=False)
+    before = session.reused_tokens
+    assert run(other) == engine.generate(other, max_tokens=12).tokens
+    assert session.reused_tokens == before
