@@ -21,14 +21,27 @@ from billing.models import (
     PriceBookEntry,
     TaxRate,
 )
-from controlplane.core import money
+from controlplane.core import hotcache, money
 from controlplane.core.errors import ServiceUnavailable
 from tenants.models import Organization
 
 
 def fx_rate_in_force(*, currency: str, at: datetime) -> FxRate | None:
-    """The latest version effective at `at`; None when the currency has no rate then."""
-    return FxRate.objects.filter(currency=currency.upper(), effective_from__lte=at).order_by("-effective_from").first()
+    """The latest version effective at `at`; None when the currency has no rate then.
+
+    Inside a request that read generation tokens (the admission path), the currency's versions come
+    from the process's cache; any FX write replaces the token.
+    """
+    token = hotcache.current().global_
+    if token is None:
+        return (
+            FxRate.objects.filter(currency=currency.upper(), effective_from__lte=at).order_by("-effective_from").first()
+        )
+    versions = hotcache.cached(
+        ("fx_rates", currency.upper()), token,
+        lambda: list(FxRate.objects.filter(currency=currency.upper()).order_by("-effective_from")),
+    )  # fmt: skip
+    return next((rate for rate in versions if rate.effective_from <= at), None)
 
 
 def tax_rate_in_force(*, country: str, at: datetime) -> TaxRate | None:
@@ -74,13 +87,21 @@ class PriceQuote:
 
 
 def price_entry_in_force(*, model_name: str, region: str, token_kind: str, at: datetime) -> PriceBookEntry | None:
-    return (
-        PriceBookEntry.objects.filter(
-            model_name=model_name, region=region, token_kind=token_kind, effective_from__lte=at
+    """The latest entry effective at `at` (cached as `fx_rate_in_force` is, inside a request)."""
+    token = hotcache.current().global_
+    if token is None:
+        return (
+            PriceBookEntry.objects.filter(
+                model_name=model_name, region=region, token_kind=token_kind, effective_from__lte=at
+            )
+            .order_by("-effective_from")
+            .first()
         )
-        .order_by("-effective_from")
-        .first()
-    )
+    entries = hotcache.cached(
+        ("price_entries", model_name, region), token,
+        lambda: list(PriceBookEntry.objects.filter(model_name=model_name, region=region).order_by("-effective_from")),
+    )  # fmt: skip
+    return next((e for e in entries if e.token_kind == token_kind and e.effective_from <= at), None)
 
 
 def price_quote(*, model_name: str, region: str, at: datetime) -> PriceQuote:

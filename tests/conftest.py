@@ -99,3 +99,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _unlisted and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _hotcache_empty() -> Iterator[None]:
+    """Each test starts with an empty request-path cache, here and in any stack's processes: test
+    databases are rolled back or flushed between tests without the writes that replace the tokens."""
+    from controlplane.core import hotcache
+
+    hotcache.clear()
+    # and in the processes of a running stack: the global token covers every entry
+    hotcache.invalidate_everywhere()
+    yield
+    hotcache.clear()

@@ -2,8 +2,9 @@
 
 Celery's task threads hand jobs to the loop and wait; the loop thread alone touches the engine. New
 sequences join the batch between steps and finished ones leave, so requests arriving at different
-times are decoded together. Each produced token is appended to the request's Redis stream in the
-same step (one pipeline per step), and a job's cancel flag is honoured at the next step.
+times are decoded together. Each token of a streamed request is appended to the request's Redis
+stream in the same step (one pipeline per step; a non-streamed request's client waits for the final
+event only), and a job's cancel flag is honoured at the next step.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Job:
     prompt_ids: list[int] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     inputs_ids: list[list[int]] | None = None
+    stream: bool = True  # False: no token events (the client waits for the whole answer)
     done: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
     choices: list[ChoiceState] = field(default_factory=list)
@@ -202,7 +204,8 @@ class EngineLoop(threading.Thread):
                     lp = self._logprob_entry(event.token, event.logprob, event.top)
                     choice.logprobs.append(lp)
                     entry["logprobs"] = lp
-                out.append((job.request_id, entry))
+                if job.stream:
+                    out.append((job.request_id, entry))
             if event.finish_reason is not None:
                 result = self._session.remove(event.seq_id)
                 del self._running[event.seq_id]

@@ -103,6 +103,7 @@ def inference_run(*, region: str, request_id: str, attempt: int) -> str:
         prompt_ids=list(body.get("prompt_ids") or []),
         params=dict(body.get("params") or {}),
         inputs_ids=body.get("inputs_ids"),
+        stream=claimed.stream,
     )
     streams.event_append(region=region, request_id=request_id, event={"type": "start", "attempt": attempt})
     queued_at = time.monotonic()
@@ -162,7 +163,7 @@ def _finish(claimed: services.ClaimedRequest, job: Job, queued_at: float) -> str
     }
     receipt = services.request_complete(
         request_id=claimed.request_id, attempt=claimed.attempt, completion_tokens=completion_tokens,
-        finish_reason=finish_reason, response=response, output=output_bytes, timings=timings,
+        finish_reason=finish_reason, response=response, output=output_bytes, timings=timings, claimed=claimed,
     )  # fmt: skip
     if receipt is None:
         return "superseded"

@@ -12,7 +12,7 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
@@ -20,10 +20,11 @@ from typing import Any, Literal
 import redis
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from billing import services as billing_services
+from controlplane.core import hotcache
 from controlplane.core.errors import Conflict, DomainError, NotFound, PermissionDenied, RateLimited, ServiceUnavailable
 from controlplane.core.regions import REGIONS, region_queue
 from controlplane.core.scoping import org_scope
@@ -35,7 +36,7 @@ from controlplane.inference.models import IdempotencyKey, InferenceRequest, Outb
 from controlplane.inference.openai_schema import EmbeddingRequest, GenerationRequest, InvalidParameter
 from controlplane.inference.receipts import content_salt_new
 from controlplane.scheduling.fleet_view import host_states
-from controlplane.scheduling.policy import PlacementRequest, place
+from controlplane.scheduling.policy import HostState, PlacementRequest, place
 from native.tokenizer import Tokenizer
 from tenants.models import ApiKey, Organization, RegionalQuota, ResidencyPolicy
 
@@ -46,6 +47,7 @@ Workload = Literal["interactive", "batch", "embedding"]
 RETRY_AFTER_UNAVAILABLE_S = 5
 RETRY_AFTER_BUSY_S = 2
 CONCURRENCY_RETRY_AFTER_S = 1
+FLEET_MAX_AGE_S = 1.0  # heartbeats arrive every few seconds; a second's lag in seeing one is immaterial
 
 
 class UnprocessableIdempotency(DomainError):
@@ -82,6 +84,7 @@ class Admission:
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
     replay: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    outbox_unmarked: int | None = None  # published to the broker; the caller marks it (outbox_mark_sent)
 
 
 # --- tokens ----------------------------------------------------------------------------------------
@@ -158,10 +161,37 @@ def allowed_regions(policy: ResidencyPolicy | None) -> frozenset[str]:
     return frozenset(r.code for r in REGIONS if r.country in countries or zones.intersection(r.zones))
 
 
-def _policy(organization: Organization) -> ResidencyPolicy | None:
-    with org_scope(organization.pk):
-        policy: ResidencyPolicy | None = ResidencyPolicy.objects.filter(organization=organization).first()
-    return policy
+def residency_policy(organization: Organization) -> ResidencyPolicy | None:
+    def load() -> ResidencyPolicy | None:
+        with org_scope(organization.pk):
+            policy: ResidencyPolicy | None = ResidencyPolicy.objects.filter(organization=organization).first()
+        return policy
+
+    return hotcache.cached(("residency_policy", organization.pk), hotcache.current().org, load)
+
+
+def _model(name: str) -> CatalogModel | None:
+    def load() -> CatalogModel | None:
+        available = CatalogModel.objects.filter(status=CatalogModel.Status.AVAILABLE)
+        model: CatalogModel | None = available.filter(name=name).first()
+        return model
+
+    return hotcache.cached(("catalog_model", name), hotcache.current().global_, load)
+
+
+def _fleet(model_name: str, now: datetime, load: dict[int, tuple[int, int]]) -> list[HostState]:
+    """The fleet for placement: rows cached (liveness is heartbeat-based, so for at most a second),
+    each host's load read fresh by the caller."""
+    idle = hotcache.cached(
+        ("fleet", model_name), hotcache.current().global_,
+        lambda: host_states(model_name=model_name, now=now, load={}), max_age_s=FLEET_MAX_AGE_S,
+    )  # fmt: skip
+    return [
+        replace(state, running=load[state.host_id][0], queued=load[state.host_id][1])
+        if state.host_id in load
+        else state
+        for state in idle
+    ]
 
 
 def _candidate_regions(policy: ResidencyPolicy | None, requested: str | None) -> frozenset[str]:
@@ -198,17 +228,20 @@ def _host_load() -> dict[int, tuple[int, int]]:
 # --- quota ------------------------------------------------------------------------------------------
 
 
-def _limits(organization: Organization, region: str) -> quota.QuotaLimits:
-    with org_scope(organization.pk):
-        row: RegionalQuota | None = RegionalQuota.objects.filter(organization=organization, region=region).first()
-    if row is None:  # the plan's defaults are the model's field defaults
-        row = RegionalQuota(organization=organization, region=region)
-    return quota.QuotaLimits(
-        requests_per_minute=row.requests_per_minute,
-        tokens_per_minute=row.tokens_per_minute,
-        concurrent_requests=row.concurrent_requests,
-        monthly_tokens=row.monthly_tokens,
-    )
+def quota_limits(organization: Organization, region: str) -> quota.QuotaLimits:
+    def load() -> quota.QuotaLimits:
+        with org_scope(organization.pk):
+            row: RegionalQuota | None = RegionalQuota.objects.filter(organization=organization, region=region).first()
+        if row is None:  # the plan's defaults are the model's field defaults
+            row = RegionalQuota(organization=organization, region=region)
+        return quota.QuotaLimits(
+            requests_per_minute=row.requests_per_minute,
+            tokens_per_minute=row.tokens_per_minute,
+            concurrent_requests=row.concurrent_requests,
+            monthly_tokens=row.monthly_tokens,
+        )
+
+    return hotcache.cached(("quota_limits", organization.pk, region), hotcache.current().org, load)
 
 
 def quota_client() -> redis.Redis:
@@ -282,8 +315,33 @@ def request_admit(
     idempotency_key: str | None,
     now: datetime | None = None,
 ) -> Admission:
-    """Steps 2-7 of DESIGN section 4. Raises DomainError subclasses for every refusal."""
+    """Steps 2-7 of DESIGN section 4. Raises DomainError subclasses for every refusal.
+
+    Read-mostly rows (model, policy, fleet, quota limits, prices) come from the process's cache under
+    the generation tokens the caller read (`hotcache.tokens_in_force`), or that this call reads.
+    """
     started = time.perf_counter()
+    tokens = hotcache.current()
+    if tokens.global_ is None or tokens.org is None:
+        tokens = hotcache.generation_tokens(org_id=organization.pk)
+    with hotcache.tokens_in_force(tokens):
+        return _request_admit(
+            api_key=api_key, organization=organization, parsed=parsed, raw_body=raw_body,
+            region_header=region_header, idempotency_key=idempotency_key, now=now, started=started,
+        )  # fmt: skip
+
+
+def _request_admit(
+    *,
+    api_key: ApiKey,
+    organization: Organization,
+    parsed: GenerationRequest | EmbeddingRequest,
+    raw_body: dict[str, Any],
+    region_header: str | None,
+    idempotency_key: str | None,
+    now: datetime | None,
+    started: float,
+) -> Admission:
     now = now or timezone.now()
     if organization.status != Organization.Status.ACTIVE:
         raise PermissionDenied("This organisation is suspended.", code="organization_suspended")
@@ -301,7 +359,7 @@ def request_admit(
                 prompt_tokens=0, replay=replay,
             )  # fmt: skip
 
-    model = CatalogModel.objects.filter(name=parsed.model, status=CatalogModel.Status.AVAILABLE).first()
+    model = _model(parsed.model)
     if model is None:
         raise ModelNotFound(f"The model `{parsed.model}` does not exist or you do not have access to it.")
 
@@ -359,9 +417,10 @@ def request_admit(
     tokens_done = time.perf_counter()
 
     # residency and placement
-    policy = _policy(organization)
+    policy = residency_policy(organization)
     regions = _candidate_regions(policy, region_header)
-    states = host_states(model_name=model.name, now=now, load=_host_load())
+    load = _host_load()
+    states = _fleet(model.name, now, load)
     placement = place(
         PlacementRequest(
             model=model.name,
@@ -391,11 +450,8 @@ def request_admit(
             retry_after_s=placement.retry_after_s or RETRY_AFTER_UNAVAILABLE_S,
         )
     region = placement.region
-    queued_in_region = (
-        InferenceRequest.objects.unscoped_all_orgs()
-        .filter(region=region, status=InferenceRequest.Status.QUEUED)
-        .count()
-    )
+    # every queued request has its host, so the region's queue is the sum over its hosts
+    queued_in_region = sum(load[s.host_id][1] for s in states if s.region == region and s.host_id in load)
     if queued_in_region >= settings.REGION_QUEUE_CAP:
         raise RegionUnavailable(
             f"The region {region} has {queued_in_region} requests queued; retry shortly.",
@@ -413,7 +469,7 @@ def request_admit(
             region=region,
             request_id=request_id,
             tokens=reserve,
-            limits=_limits(organization, region),
+            limits=quota_limits(organization, region),
             lease_ttl_s=settings.REQUEST_DEADLINE_S,
         )
     except redis.RedisError as exc:  # quota_reserve maps these itself; kept for the client's own errors
@@ -443,6 +499,7 @@ def request_admit(
     region_alias = _region_alias(region)
     kept_for = timedelta(days=retention_days) if retention_days else timedelta(seconds=settings.REQUEST_DEADLINE_S)
     expires = now + kept_for
+    published: list[bool] = []
     try:
         # write order (DESIGN section 3): regional content first, then index + outbox in one transaction
         RequestContent.objects.using(region_alias).create(
@@ -511,7 +568,12 @@ def request_admit(
                     "reasons": list(placement.reasons),
                 },
             )
-            transaction.on_commit(lambda: outbox_send(outbox_id=outbox.pk))
+            # published as the transaction commits; marked sent later, off this request's path
+            # (`outbox_mark_sent`): a row left unmarked is at worst published twice, and a second
+            # delivery claims nothing
+            transaction.on_commit(
+                lambda: published.append(outbox_send(outbox_id=outbox.pk, message=outbox, mark=False))
+            )
     except BaseException as exc:
         quota.quota_release(client=quota_client(), org_id=organization.pk, region=region, request_id=request_id)
         RequestContent.objects.using(region_alias).filter(request_id=request_id).delete()
@@ -540,6 +602,7 @@ def request_admit(
         logprobs=getattr(parsed, "logprobs", False),
         ratelimit_headers=decision.headers,
         timings=timings,
+        outbox_unmarked=outbox.pk if published and published[0] else None,
     )
 
 
@@ -557,16 +620,25 @@ def _producer() -> Any:
     return app
 
 
-def outbox_send(*, outbox_id: int) -> bool:
-    """Sends one outbox message and marks it sent; a failure leaves it for the relay."""
-    message = OutboxMessage.objects.filter(pk=outbox_id, sent_at__isnull=True).first()
+def outbox_send(*, outbox_id: int, message: OutboxMessage | None = None, mark: bool = True) -> bool:
+    """Publishes one outbox message (read from the database unless given) and, with `mark`, marks it
+    sent; a failure leaves it for the relay."""
     if message is None:
-        return False
+        message = OutboxMessage.objects.filter(pk=outbox_id, sent_at__isnull=True).first()
+        if message is None:
+            return False
     try:
         _producer().send_task(message.task_name, kwargs=message.kwargs, queue=message.queue)
     except Exception:
-        OutboxMessage.objects.filter(pk=outbox_id).update(send_attempts=message.send_attempts + 1)
+        OutboxMessage.objects.filter(pk=outbox_id).update(send_attempts=F("send_attempts") + 1)
         logger.exception("outbox send failed; the relay will retry", extra={"request": message.request_id})
         return False
-    OutboxMessage.objects.filter(pk=outbox_id).update(sent_at=timezone.now(), send_attempts=message.send_attempts + 1)
+    if mark:
+        outbox_mark_sent(outbox_id=outbox_id)
     return True
+
+
+def outbox_mark_sent(*, outbox_id: int) -> None:
+    OutboxMessage.objects.filter(pk=outbox_id, sent_at__isnull=True).update(
+        sent_at=timezone.now(), send_attempts=F("send_attempts") + 1
+    )

@@ -226,6 +226,11 @@ local function give_back(refund, month)
 end
 
 if op == 'reserve' then return reserve() end
+if op == 'state' then
+  window_trim()
+  local count, used, reset = window_state()
+  return {count, used, reset}
+end
 
 if redis.call('HGET', record, 'state') ~= 'reserved' then return 0 end
 local reserved = tonumber(redis.call('HGET', record, 'tokens'))
@@ -306,6 +311,24 @@ def quota_reserve(
         headers=headers,
         retryable=wait_ms >= 0,
     )
+
+
+def quota_state(*, client: redis.Redis, org_id: int, region: str, limits: QuotaLimits,
+                now_ms: int | None = None) -> dict[str, str]:
+    """The `x-ratelimit-*` headers as they stand, reserving nothing (for answers refused before the
+    quota step). Only expired window entries are dropped, as any reservation would drop them."""
+    rpm, tpm = _ceiling(limits.requests_per_minute), _ceiling(limits.tokens_per_minute)
+    count, used, reset_ms = (int(v) for v in _run(client, "state", org_id=org_id, region=region, request_id="-",
+                                                   now_ms=now_ms, args=()))  # fmt: skip
+    reset = _duration(reset_ms)
+    return {
+        "x-ratelimit-limit-requests": str(rpm),
+        "x-ratelimit-remaining-requests": str(max(rpm - count, 0)),
+        "x-ratelimit-reset-requests": reset,
+        "x-ratelimit-limit-tokens": str(tpm),
+        "x-ratelimit-remaining-tokens": str(max(tpm - used, 0)),
+        "x-ratelimit-reset-tokens": reset,
+    }
 
 
 def quota_settle(*, client: redis.Redis, org_id: int, region: str, request_id: str, actual_tokens: int,

@@ -139,7 +139,8 @@ def test_a_freed_slot_keeps_its_prefix_and_gives_the_same_tokens(engine: Engine)
             session.step()
         return session.remove(seq).tokens
 
-    assert run(first) == alone.tokens and session.reused_tokens == 0
+    assert run(first) == alone.tokens
+    assert session.reused_tokens == 0
     # the same prompt again: all but its last token come from the slot
     assert run(first) == alone.tokens
     assert session.reused_tokens == len(first) - 1

@@ -19,6 +19,7 @@ from controlplane.inference.quota import (
     quota_release,
     quota_reserve,
     quota_settle,
+    quota_state,
 )
 from tests.quota.helpers import (
     REGION,
@@ -81,6 +82,22 @@ def test_admission_reports_openai_rate_limit_headers(quota_redis: redis.Redis, o
     assert refused.headers["x-ratelimit-remaining-tokens"] == "850"
     assert refused.headers["x-ratelimit-reset-requests"] == "50.5s"
     assert refused.headers["x-ratelimit-reset-tokens"] == "50.5s"
+
+
+def test_state_reads_the_headers_without_reserving(quota_redis: redis.Redis, org_id: int) -> None:
+    quota = limits(rpm=10, tpm=1000)
+    empty = quota_state(client=quota_redis, org_id=org_id, region=REGION, limits=quota, now_ms=T0)
+    assert empty["x-ratelimit-remaining-requests"] == "10"
+    assert empty["x-ratelimit-reset-requests"] == "0s"
+    assert reserve(quota_redis, org_id, "a", 100, T0, quota).admitted
+    before = org_state(quota_redis, org_id)
+    state = quota_state(client=quota_redis, org_id=org_id, region=REGION, limits=quota, now_ms=T0 + 30_000)
+    assert (state["x-ratelimit-remaining-requests"], state["x-ratelimit-remaining-tokens"]) == ("9", "900")
+    assert state["x-ratelimit-reset-tokens"] == "30s"
+    assert org_state(quota_redis, org_id) == before  # nothing reserved, nothing freed
+    # past the window the entry has left, as a reservation would find it
+    later = quota_state(client=quota_redis, org_id=org_id, region=REGION, limits=quota, now_ms=T0 + 61_000)
+    assert later["x-ratelimit-remaining-tokens"] == "1000"
 
 
 def test_requests_per_minute_is_a_sliding_window(quota_redis: redis.Redis, org_id: int) -> None:

@@ -33,7 +33,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Outbox sends are recorded instead of reaching a broker (no worker runs in these tests)."""
     calls: list[int] = []
 
-    def record(*, outbox_id: int) -> bool:
+    def record(*, outbox_id: int, **_: Any) -> bool:
         calls.append(outbox_id)
         OutboxMessage.objects.filter(pk=outbox_id).update(sent_at=timezone.now())
         return True
@@ -153,7 +153,7 @@ def test_stranded_requests_fail_at_their_deadline(gulf: Customer, sent: list[int
 def test_unsent_outbox_rows_are_resent(gulf: Customer, monkeypatch: pytest.MonkeyPatch) -> None:
     failures: list[int] = []
 
-    def broken(*, outbox_id: int) -> bool:
+    def broken(*, outbox_id: int, **_: Any) -> bool:
         failures.append(outbox_id)
         return False
 
@@ -165,7 +165,7 @@ def test_unsent_outbox_rows_are_resent(gulf: Customer, monkeypatch: pytest.Monke
     OutboxMessage.objects.filter(pk=message.pk).update(created_at=timezone.now() - timedelta(minutes=1))
     resent: list[int] = []
 
-    def record(*, outbox_id: int) -> bool:
+    def record(*, outbox_id: int, **_: Any) -> bool:
         resent.append(outbox_id)
         return True
 

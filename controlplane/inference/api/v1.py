@@ -8,13 +8,14 @@ right exception classes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -24,11 +25,21 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from controlplane.core import hotcache
 from controlplane.core.errors import DomainError, RateLimited
 from controlplane.core.regions import REGION_CODES
 from controlplane.core.scoping import org_scope
-from controlplane.inference import streams
-from controlplane.inference.admission import Admission, RegionUnavailable, allowed_regions, request_admit
+from controlplane.inference import quota, streams
+from controlplane.inference.admission import (
+    Admission,
+    RegionUnavailable,
+    allowed_regions,
+    outbox_mark_sent,
+    quota_client,
+    quota_limits,
+    request_admit,
+    residency_policy,
+)
 from controlplane.inference.models import InferenceRequest
 from controlplane.inference.openai_schema import InvalidParameter, parse_embedding, parse_generation
 from controlplane.inference.responses import embedding_vector, stream_chunk, usage_chunk
@@ -106,6 +117,12 @@ def _from_domain(exc: DomainError) -> ApiError:
 
 
 def _authenticate(request: HttpRequest) -> tuple[ApiKey, Organization]:
+    key, organization, _ = _authenticate_tokens(request)
+    return key, organization
+
+
+def _authenticate_tokens(request: HttpRequest) -> tuple[ApiKey, Organization, hotcache.Tokens]:
+    """The key, its organisation and the generation tokens the rest of the request reads under."""
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
@@ -113,12 +130,26 @@ def _authenticate(request: HttpRequest) -> tuple[ApiKey, Organization]:
     parsed = key_parse(raw.strip())
     if parsed is None:
         raise ApiError(401, "Incorrect API key provided: the key is malformed.", "invalid_api_key")
-    key = (
-        ApiKey.objects.unscoped_all_orgs()
-        .select_related("created_by", "organization")
-        .filter(key_id=parsed.key_id)
-        .first()
+    org_id = hotcache.key_organization(
+        parsed.key_id,
+        lambda: ApiKey.objects.unscoped_all_orgs().filter(key_id=parsed.key_id).values_list(
+            "organization_id", flat=True
+        ).first(),
     )
+    key: ApiKey | None = None
+    tokens = hotcache.Tokens(None, None)
+    if org_id is not None:
+        tokens = hotcache.generation_tokens(org_id=org_id)
+        key = hotcache.cached(
+            ("api_key", parsed.key_id),
+            # the owner's row (is_active) is global; the key and its organisation are the
+            # organisation's: the organisation's token covers both
+            tokens.org,
+            lambda: ApiKey.objects.unscoped_all_orgs()
+            .select_related("created_by", "organization")
+            .filter(key_id=parsed.key_id)
+            .first(),
+        )
     if key is None or not key_matches(parsed.full, key.secret_hmac):
         raise ApiError(401, "Incorrect API key provided.", "invalid_api_key")
     now = timezone.now()
@@ -128,7 +159,7 @@ def _authenticate(request: HttpRequest) -> tuple[ApiKey, Organization]:
         raise ApiError(401, "The API key's owner is no longer active.", "invalid_api_key")
     if Scope.INFERENCE_WRITE not in key.scopes:
         raise ApiError(403, "The API key lacks the inference:write scope.", "scope_missing")
-    return key, key.organization
+    return key, key.organization, tokens
 
 
 def _json_body(request: HttpRequest) -> Any:
@@ -165,8 +196,38 @@ def _idempotency_key(request: HttpRequest) -> str | None:
 
 def _admit(request: HttpRequest, endpoint: str) -> tuple[Admission, int]:
     """Authentication, validation and admission; runs in a worker thread (the ORM is synchronous)."""
-    api_key, organization = _authenticate(request)
-    body = _json_body(request)
+    api_key, organization, tokens = _authenticate_tokens(request)
+    with hotcache.tokens_in_force(tokens):
+        try:
+            body = _json_body(request)
+            return _admit_parsed(request, endpoint, api_key, organization, body)
+        except ApiError as err:
+            raise _with_ratelimit(err, organization, request.headers.get("X-Region")) from None
+
+
+def _with_ratelimit(err: ApiError, organization: Organization, requested: str | None) -> ApiError:
+    """A refusal before the quota step still says where the organisation stands: the limits and use
+    of the region it named, or else its first allowed region (named in `x-ratelimit-region`)."""
+    if any(name.lower().startswith("x-ratelimit-") for name, _ in err.headers):
+        return err
+    allowed = sorted(allowed_regions(residency_policy(organization)))
+    wanted = (requested or "").strip().lower()
+    region = wanted if wanted in allowed else (allowed[0] if allowed else None)
+    if region is None:
+        return err
+    try:
+        headers = quota.quota_state(
+            client=quota_client(), org_id=organization.pk, region=region, limits=quota_limits(organization, region)
+        )
+    except Exception:  # the refusal matters more than its headers
+        logger.warning("could not read the rate-limit state", exc_info=True)
+        return err
+    return replace(err, headers=(*err.headers, *headers.items(), ("x-ratelimit-region", region)))
+
+
+def _admit_parsed(
+    request: HttpRequest, endpoint: str, api_key: ApiKey, organization: Organization, body: Any
+) -> tuple[Admission, int]:
     try:
         parsed = parse_embedding(body) if endpoint == "embedding" else parse_generation(body, endpoint)  # type: ignore[arg-type]  # endpoint is chat|completion here
         admission = request_admit(
@@ -315,6 +376,25 @@ async def _stream(admission: Admission, organization_id: int) -> AsyncIterator[b
             await _cancel(admission, organization_id)
 
 
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _mark_sent_later(admission: Admission) -> None:
+    """Marks the published outbox row while the engine works, not before the relay starts."""
+    if admission.outbox_unmarked is None:
+        return
+
+    async def mark(outbox_id: int) -> None:
+        try:
+            await _in_pool(outbox_mark_sent)(outbox_id=outbox_id)
+        except Exception:  # the relay publishes it again; the second delivery claims nothing
+            logger.exception("could not mark an outbox row sent", extra={"request": admission.request_id})
+
+    task = asyncio.get_running_loop().create_task(mark(admission.outbox_unmarked))
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
 # --- views -----------------------------------------------------------------------------------------
 
 
@@ -329,6 +409,7 @@ async def _generation_view(request: HttpRequest, endpoint: str) -> HttpResponse 
         response = JsonResponse(admission.replay["body"], status=admission.replay.get("status", 200))
         response["x-idempotent-replay"] = "true"
         return response
+    _mark_sent_later(admission)
     if admission.stream:
         streaming = StreamingHttpResponse(_stream(admission, organization_id), content_type="text/event-stream")
         streaming["Cache-Control"] = "no-cache"
@@ -360,6 +441,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         response = JsonResponse(admission.replay["body"], status=admission.replay.get("status", 200))
         response["x-idempotent-replay"] = "true"
         return response
+    _mark_sent_later(admission)
     result = await _wait_result(admission, organization_id)
     if result.status_code != 200:
         return result

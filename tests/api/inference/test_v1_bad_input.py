@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from billing.models import CreditHold, LedgerEntry
 from billing.services import credit_grant_create
+from controlplane.core import hotcache
 from controlplane.core.errors import Conflict, DomainError
 from controlplane.core.services import Actor
 from controlplane.fleet import selectors as fleet_selectors
@@ -101,6 +102,11 @@ def test_bad_bodies_get_openai_errors_and_leave_nothing(
     assert error["type"] in {"invalid_request_error"}
     assert error["message"]
     assert response["x-request-id"]
+    # refused before the quota step, yet the organisation's standing in its region is said, and
+    # nothing was counted against it
+    assert response["x-ratelimit-region"] == "dxb"
+    assert response["x-ratelimit-remaining-requests"] == response["x-ratelimit-limit-requests"]
+    assert response["x-ratelimit-remaining-tokens"] == response["x-ratelimit-limit-tokens"]
     _nothing_happened()
 
 
@@ -123,6 +129,8 @@ def test_keys_headers_and_sizes(gulf: Customer, client: Client, settings: Any) -
     assert form.status_code == 400
     assert form.json()["error"]["code"] == "invalid_content_type"
     ApiKey.objects.unscoped_all_orgs().update(scopes=["usage:read"])
+    # a queryset update sends no post_save: say what the services' saves say (controlplane.core.hotcache)
+    hotcache.bump(org_id=gulf.organization.pk)
     assert _post(client, gulf.api_key, CHAT, GOOD).json()["error"]["code"] == "scope_missing"
     _nothing_happened()
 
