@@ -145,3 +145,13 @@ def test_a_token_replaced_elsewhere_invalidates_this_process(gulf: Customer, cli
     # ... until that process's save replaces the token in Redis
     hotcache.client().set(hotcache.org_key(gulf.organization.pk), "from-another-process")
     assert _refusal_code(client, gulf) == "organization_suspended"
+
+
+def test_the_operator_command_invalidates_every_process(gulf: Customer, client: Client) -> None:
+    from django.core.management import call_command
+
+    assert _refusal_code(client, gulf) == "region_not_allowed"
+    Organization.objects.filter(pk=gulf.organization.pk).update(status=Organization.Status.SUSPENDED)
+    assert _refusal_code(client, gulf) == "region_not_allowed"
+    call_command("cache_invalidate")
+    assert _refusal_code(client, gulf) == "organization_suspended"
