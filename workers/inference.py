@@ -14,9 +14,11 @@ import socket
 import struct
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from controlplane.fleet.artifacts import artifact_local_path
 from controlplane.fleet.models import CatalogModel
@@ -75,10 +77,17 @@ def _wait(job: Job, *, region: str, request_id: str, attempt: int) -> str | None
     renew_every = max(1.0, settings.REQUEST_LEASE_S / 3)
     renewed = time.monotonic()
     first_token_marked = False
-    while not job.done.wait(POLL_S):
+
+    def mark_first_token() -> None:
+        nonlocal first_token_marked
         if job.first_token_at is not None and not first_token_marked:
-            services.request_first_token(request_id=request_id, attempt=attempt)
+            # the loop's monotonic moment, carried over to wall time: exact, whenever this poll runs
+            at = timezone.now() - timedelta(seconds=time.monotonic() - job.first_token_at)
+            services.request_first_token(request_id=request_id, attempt=attempt, at=at)
             first_token_marked = True
+
+    while not job.done.wait(POLL_S):
+        mark_first_token()
         if streams.cancelled(region=region, request_id=request_id):
             job.cancel.set()
             job.done.wait()
@@ -89,6 +98,7 @@ def _wait(job: Job, *, region: str, request_id: str, attempt: int) -> str | None
                 job.cancel.set()
                 job.done.wait()
                 return "lease_lost"
+    mark_first_token()  # a request shorter than one poll
     return None
 
 

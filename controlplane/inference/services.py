@@ -104,9 +104,10 @@ def request_lease_renew(*, request_id: str, attempt: int) -> bool:
     )
 
 
-def request_first_token(*, request_id: str, attempt: int) -> None:
+def request_first_token(*, request_id: str, attempt: int, at: datetime | None = None) -> None:
+    """Records when the attempt produced its first token (`at`: the engine's moment, not this write's)."""
     _requests().filter(request_id=request_id, attempts=attempt, first_token_at__isnull=True).update(
-        first_token_at=timezone.now()
+        first_token_at=at or timezone.now()
     )
 
 
