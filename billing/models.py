@@ -104,6 +104,8 @@ class CreditGrant(OrgOwnedModel):
     priority = models.PositiveSmallIntegerField(default=100, help_text="lower numbers are spent first")
     reason = models.CharField(max_length=200)
     granted_by = models.CharField(max_length=200, help_text="who granted it, as in the audit log")
+    expired_at = models.DateTimeField(null=True, blank=True, help_text="when beat recorded its expiry")
+    expired_micros = models.BigIntegerField(default=0, help_text="what was left unspent when it expired")
 
     class Meta:
         ordering = ("priority", "expires_at", "id")
@@ -268,3 +270,195 @@ class LedgerPosting(OrgOwnedModel):
     def __str__(self) -> str:
         side = f"Dr {self.debit_micros}" if self.debit_micros else f"Cr {self.credit_micros}"
         return f"{self.account} {side}"
+
+
+# --- Budgets (DESIGN section 8, invariant I4) ------------------------------------------------------------
+
+
+def default_alert_thresholds() -> list[int]:
+    return [50, 80, 100]
+
+
+class Budget(OrgOwnedModel):
+    """A postpaid organisation's monthly budget in its billing currency (calendar months, UTC, by admission).
+
+    Alerts fire once per threshold per month when committed spend (settled plus open holds) reaches the
+    threshold's share of the amount. With `hard_stop`, admission refuses a request whose hold would take
+    committed spend above the amount, so settled spend can never exceed it.
+    """
+
+    currency = models.CharField(max_length=3)
+    amount_micros = models.BigIntegerField()
+    alert_thresholds = models.JSONField(default=default_alert_thresholds, help_text="percents, ascending")
+    hard_stop = models.BooleanField(default=False, help_text="refuse requests that would exceed the budget")
+
+    class Meta:
+        ordering = ("organization",)
+        constraints = (
+            models.UniqueConstraint(fields=["organization"], name="budget_one_per_org"),
+            models.CheckConstraint(condition=models.Q(amount_micros__gt=0), name="budget_amount_positive"),
+        )
+
+    def __str__(self) -> str:
+        return f"budget of {self.organization_id}: {self.amount_micros} {self.currency} micros a month"
+
+
+class BudgetSpend(OrgOwnedModel):
+    """Committed postpaid spend of one organisation in one month and currency: open holds and settled entries.
+
+    Maintained by database triggers on holds (migration 0004), in the transaction that opens or closes
+    the hold, so that the budget check reads one row; `billing_reconcile` recomputes it from the holds and
+    the ledger.
+    """
+
+    month = models.DateField(help_text="the first day of the month (UTC) of the holds' admission")
+    currency = models.CharField(max_length=3)
+    held_micros = models.BigIntegerField(default=0)
+    settled_micros = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ("organization", "-month")
+        constraints = (
+            models.UniqueConstraint(fields=["organization", "month", "currency"], name="budget_spend_unique_month"),
+        )
+
+    def __str__(self) -> str:
+        return f"spend of {self.organization_id} in {self.month:%Y-%m}: {self.held_micros}+{self.settled_micros}"
+
+
+class BudgetEvent(OrgOwnedModel):
+    """An alert threshold reached in one month: recorded once, shown through the API, mailed by beat."""
+
+    month = models.DateField()
+    threshold_percent = models.PositiveSmallIntegerField()
+    currency = models.CharField(max_length=3)
+    budget_micros = models.BigIntegerField()
+    committed_micros = models.BigIntegerField(help_text="settled plus open holds, with the request that crossed")
+    request_id = models.CharField(max_length=64, help_text="the request whose hold reached the threshold")
+    mailed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        constraints = (
+            models.UniqueConstraint(
+                fields=["organization", "month", "threshold_percent"], name="budget_event_once_per_threshold"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.threshold_percent}% of the budget of {self.organization_id} in {self.month:%Y-%m}"
+
+
+# --- Invoices ------------------------------------------------------------------------------------------
+#
+# A closed month of an organisation is a `BillingPeriod`: it covers the organisation's ledger entries
+# admitted before the month's end with ids up to `entry_id_max`, minus those its previous period
+# covered. The watermark is read under the organisation's lock, when no settlement of the organisation
+# is in flight, so every entry up to it is committed; an entry settled after the close has a larger id
+# and lands on the next period's invoice. Each currency billed in the period gets one invoice.
+
+
+class BillingPeriod(OrgOwnedModel):
+    period_start = models.DateField(help_text="the first day of the month (UTC)")
+    period_end = models.DateField(help_text="the first day of the next month (exclusive)")
+    entry_id_max = models.BigIntegerField(help_text="ledger entries up to this id are covered")
+    previous = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="next_period")
+    closed_by = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ("organization", "-period_start")
+        constraints = (models.UniqueConstraint(fields=["organization", "period_start"], name="period_once_per_month"),)
+
+    def __str__(self) -> str:
+        return f"period {self.period_start:%Y-%m} of {self.organization_id}"
+
+
+class Invoice(OrgOwnedModel):
+    """The bill of one closed month in one currency. Money fields never change once written."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "draft"
+        FINALIZED = "finalized", "finalized"
+        PAID = "paid", "paid"
+        VOID = "void", "void"
+
+    period = models.ForeignKey(BillingPeriod, on_delete=models.PROTECT, related_name="invoices")
+    period_start = models.DateField()
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    number = models.CharField(max_length=40, blank=True, help_text="given at finalisation")
+    customer_name = models.CharField(max_length=120)
+    billing_country = models.CharField(max_length=2)
+    tax_id = models.CharField(max_length=40, blank=True)
+    entry_count = models.PositiveBigIntegerField()
+    ledger_micros = models.BigIntegerField(help_text="the covered ledger entries' amounts, added up")
+    subtotal_micros = models.BigIntegerField(help_text="the lines, each rounded half-even to the minor unit")
+    credits_micros = models.BigIntegerField(help_text="paid from prepaid grants")
+    tax_rate = models.ForeignKey(TaxRate, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    tax_name = models.CharField(max_length=80)
+    tax_rate_percent = models.DecimalField(max_digits=6, decimal_places=3)
+    reverse_charge = models.BooleanField(default=False)
+    tax_note = models.CharField(max_length=300, blank=True)
+    tax_micros = models.BigIntegerField()
+    total_micros = models.BigIntegerField(help_text="subtotal - credits + tax")
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+    status_note = models.CharField(max_length=300, blank=True, help_text="payment reference or reason for voiding")
+
+    class Meta:
+        ordering = ("-period_start", "-id")
+        indexes = (models.Index(fields=["organization", "-period_start"], name="invoice_org_period"),)
+        constraints = (
+            models.UniqueConstraint(fields=["period", "currency"], name="invoice_once_per_period_currency"),
+            models.UniqueConstraint(fields=["number"], condition=~models.Q(number=""), name="invoice_number_unique"),
+            models.CheckConstraint(
+                condition=models.Q(
+                    total_micros=models.F("subtotal_micros") - models.F("credits_micros") + models.F("tax_micros")
+                ),
+                name="invoice_total_adds_up",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    credits_micros__gte=0, credits_micros__lte=models.F("subtotal_micros"), tax_micros__gte=0
+                ),
+                name="invoice_amounts_in_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status="draft", number="") | (~models.Q(status="draft") & ~models.Q(number="")),
+                name="invoice_numbered_when_final",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"invoice {self.number or self.pk} ({self.status}) {self.period_start:%Y-%m} {self.currency}"
+
+
+class InvoiceLine(OrgOwnedModel):
+    """Usage of one model in one region for one token kind, admitted in `usage_month`.
+
+    `exact_micros` adds up the covered entries exactly (the input part is tokens x price x rate; the
+    output part is the rest of each entry's amount, so the two parts add up to the ledger); `amount_micros`
+    is it rounded once, half-even, to the currency's minor unit.
+    """
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
+    usage_month = models.DateField(help_text="an earlier month: settled after that month's close")
+    model_name = models.CharField(max_length=120)
+    region = models.CharField(max_length=8, choices=[(code, code) for code in REGION_CODES])
+    token_kind = models.CharField(max_length=8, choices=PriceBookEntry.TokenKind.choices)
+    tokens = models.PositiveBigIntegerField()
+    entry_count = models.PositiveBigIntegerField()
+    exact_micros = models.DecimalField(max_digits=40, decimal_places=14)
+    amount_micros = models.BigIntegerField()
+
+    class Meta:
+        ordering = ("invoice", "usage_month", "model_name", "region", "token_kind")
+        constraints = (
+            models.UniqueConstraint(
+                fields=["invoice", "usage_month", "model_name", "region", "token_kind"], name="invoice_line_unique"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.region} {self.token_kind}: {self.amount_micros} micros"

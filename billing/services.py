@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from billing import locks, selectors
+from billing import budgets, locks, selectors
 from billing.models import (
     CreditGrant,
     CreditHold,
@@ -629,6 +629,7 @@ def hold_place(
             fx_rate, per_usd = selectors.fx_quote(currency=org.billing_currency, at=at)
             usd_micros = quote.usd_micros(input_tokens=input_tokens, output_tokens=max_output_tokens)
             amount = money.ceil_micros(money.usd_to_currency(usd_micros=usd_micros, per_usd=per_usd))
+            budgets.budget_check(organization=org, request_id=request_id, amount_micros=amount, at=at)
             hold: CreditHold = CreditHold.objects.unscoped_all_orgs().create(
                 organization=org,
                 request_id=request_id,

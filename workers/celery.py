@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Queue
 
 from controlplane.core.regions import CENTRAL_QUEUE, REGION_CODES, region_queue
@@ -24,6 +25,23 @@ app.conf.beat_schedule = {
         "task": "workers.requests_reap",
         "schedule": float(os.environ.get("REAPER_INTERVAL_S", "5")),
         "options": {"queue": CENTRAL_QUEUE, "expires": 30},
+    },
+    # Money (billing): close last month's invoices early each day (a no-op once closed), record expired
+    # credit grants, mail budget alerts.
+    "invoices-close-due": {
+        "task": "workers.invoices_close_due",
+        "schedule": crontab(minute=30, hour=0),
+        "options": {"queue": CENTRAL_QUEUE, "expires": 3600},
+    },
+    "credit-grants-expire": {
+        "task": "workers.credit_grants_expire",
+        "schedule": 600.0,
+        "options": {"queue": CENTRAL_QUEUE, "expires": 600},
+    },
+    "budget-alerts-mail": {
+        "task": "workers.budget_alerts_mail",
+        "schedule": 60.0,
+        "options": {"queue": CENTRAL_QUEUE, "expires": 60},
     },
 }
 app.autodiscover_tasks(["workers"], related_name="tasks")

@@ -93,6 +93,37 @@ def requests_reap() -> None:
         logger.info("reaper", extra=vars(report))
 
 
+@project_task(name=task_names.INVOICES_CLOSE_DUE)
+def invoices_close_due() -> None:
+    """Beat, daily at 00:30 UTC: close and finalise last month's invoices (and any earlier month left open)
+    for every organisation. Safe to repeat: a closed month is returned as it is (unique per month)."""
+    from billing.invoicing import invoices_close_due as close
+
+    report = close()
+    created = [closed for closed in report.closed if closed.created]
+    logger.info("invoices closed", extra={"periods": len(created), "refused": sorted(report.refused)})
+
+
+@project_task(name=task_names.CREDIT_GRANTS_EXPIRE)
+def credit_grants_expire() -> None:
+    """Beat, every 10 minutes: record expired credit grants. Safe to repeat: each is recorded once."""
+    from billing.grants import credit_grants_expire as expire
+
+    expired = expire()
+    if expired:
+        logger.info("credit grants expired", extra={"grants": [grant.grant_id for grant in expired]})
+
+
+@project_task(name=task_names.BUDGET_ALERTS_MAIL)
+def budget_alerts_mail() -> None:
+    """Beat, every minute: mail recorded budget alerts. Safe to overlap: events are claimed with SKIP LOCKED."""
+    from billing.budgets import budget_alerts_mail as mail
+
+    sent = mail()
+    if sent:
+        logger.info("budget alerts mailed", extra={"events": sent})
+
+
 def _stop_loops(**_: Any) -> None:
     from workers.inference import loops_stop
 

@@ -192,6 +192,9 @@ IDEMPOTENCY_TTL_S = env.integer("IDEMPOTENCY_TTL_S", 86400, minimum=60)
 STREAM_TTL_S = env.integer("STREAM_TTL_S", 900, minimum=60)
 REAPER_INTERVAL_S = env.integer("REAPER_INTERVAL_S", 5, minimum=1)
 HOST_HEARTBEAT_STALE_S = env.integer("HOST_HEARTBEAT_STALE_S", 60, minimum=5)
+# Where the invoicing entity is established: business customers with a valid tax id elsewhere are
+# reverse-charged (billing.tax).
+BILLING_SELLER_COUNTRY = env.string("BILLING_SELLER_COUNTRY", "AE")
 
 
 # --- Authentication ----------------------------------------------------------------------------
@@ -269,6 +272,7 @@ SPECTACULAR_SETTINGS = {
         "DeploymentStatusEnum": "controlplane.fleet.models.Deployment.Status",
         "OrganizationStatusEnum": "tenants.models.Organization.Status",
         "InvitationStatusEnum": "tenants.models.Invitation.Status",
+        "InvoiceStatusEnum": "billing.models.Invoice.Status",
         "BillingCurrencyEnum": "tenants.models.BILLING_CURRENCIES",
         "RegionCodeEnum": "controlplane.core.regions.REGION_CODES",
     },

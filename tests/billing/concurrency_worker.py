@@ -24,6 +24,7 @@ def run(job: dict[str, Any], barrier: Any, results: Any) -> None:
     from django.db import connections
 
     from billing import locks, services
+    from billing.budgets import BudgetExceeded
     from tenants.models import Organization
 
     if job.get("without_lock"):
@@ -41,6 +42,17 @@ def run(job: dict[str, Any], barrier: Any, results: Any) -> None:
 
         locks.organization_lock = no_lock  # the control replaces the lock
         services._grants_in_burn_order = slow_read  # and widens the race window
+        from billing import budgets
+
+        check_budget = budgets.budget_check
+
+        def slow_budget_check(**kwargs: Any) -> None:
+            # Every worker reads at the same moments (the next half second), then pauses before writing.
+            time.sleep(0.5 - time.time() % 0.5)
+            check_budget(**kwargs)
+            time.sleep(0.2)
+
+        budgets.budget_check = slow_budget_check  # the same for the budget's hard stop
 
     organization = Organization.objects.get(pk=job["organization_id"])
     at = datetime.fromisoformat(job["at"])
@@ -60,15 +72,16 @@ def run(job: dict[str, Any], barrier: Any, results: Any) -> None:
                 )
                 outcomes[request_id] = "admitted"
             else:
+                output_tokens = job.get("output_tokens_by_request", {}).get(request_id, job.get("output_tokens"))
                 entry = services.hold_settle(
                     request_id=request_id,
                     input_tokens=job["input_tokens"],
-                    output_tokens=job["output_tokens"],
+                    output_tokens=output_tokens,
                     api_key_id=None,
                     at=at,
                 )
                 outcomes[request_id] = entry.pk
-        except services.InsufficientCredit:
+        except (services.InsufficientCredit, BudgetExceeded):
             outcomes[request_id] = "refused"
         except Exception as exc:  # reported to the test, which fails on any
             outcomes[request_id] = f"error: {type(exc).__name__}: {exc}"

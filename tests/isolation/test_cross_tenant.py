@@ -12,11 +12,16 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
 
+from billing.budgets import budget_set
+from billing.invoicing import invoice_close_month
+from billing.models import Invoice
+from billing.services import fx_tax_seed, hold_place, hold_settle
 from controlplane.core.services import Actor
 from controlplane.fleet.models import AcceleratorClass, Host, Region
 from controlplane.inference.models import InferenceRequest
@@ -30,6 +35,7 @@ from tests.factories import (
     make_member,
     make_operator,
     make_org,
+    make_prices,
     make_request_content,
     make_user,
     session_client,
@@ -38,6 +44,7 @@ from tests.routes import Route, api_routes
 
 # Request content lives in the regional stores: the request routes read them.
 pytestmark = pytest.mark.django_db(databases="__all__")
+BILLED_AT = datetime(2026, 1, 15, 12, tzinfo=UTC)  # in a month that is over, so that it can be invoiced
 
 
 @pytest.fixture(autouse=True)
@@ -56,12 +63,14 @@ class Tenant:
     spare_key: ApiKey  # the target of key GET/DELETE
     rotate_key: ApiKey  # the target of key rotation
     request: InferenceRequest  # an inference request with content retained in its region
+    invoice: Invoice  # a finalised invoice (postpaid usage of a closed month), with a budget alert
     markers: set[str] = field(default_factory=set)
 
 
 def _tenant(tag: str) -> Tenant:
     owner = make_user(email=f"owner-{tag}@{tag}-corp.example")
-    org = make_org(owner=owner, slug=f"{tag}-corp", name=f"{tag.title()} Corporation", billing_country="AE")
+    org = make_org(owner=owner, slug=f"{tag}-corp", name=f"{tag.title()} Corporation", billing_country="AE",
+                   billing_mode="postpaid")  # fmt: skip
     member_user = make_user(email=f"dev-{tag}@{tag}-corp.example")
     member = make_member(org, user=member_user, role=Role.DEVELOPER)
     invitation, _ = invitation_create(actor=Actor.system("tests"), organization=org,
@@ -75,16 +84,28 @@ def _tenant(tag: str) -> Tenant:
     prompt = f"{tag} confidential prompt"
     make_request_content(request, body={"endpoint": "chat", "request": {"messages": [{"role": "user",
                                                                                     "content": prompt}]}})
+    # Billing: a budget whose 1% alert the first request reaches, and that request invoiced in a closed month.
+    budget_set(actor=Actor.system("tests"), organization=org, amount="10.00", alert_thresholds=[1], hard_stop=False)
+    billed = f"{tag}-billed-request"
+    hold_place(organization=org, request_id=billed, model_name="SmolLM2-135M-Instruct", region="dxb",
+               input_tokens=100_000, max_output_tokens=100_000, at=BILLED_AT)
+    hold_settle(request_id=billed, input_tokens=100_000, output_tokens=50_000, api_key_id=None, at=BILLED_AT)
+    [closed] = invoice_close_month(actor=Actor.system("tests"), organization=org, month=BILLED_AT.date(),
+                                   finalize=True)
+    [invoice] = closed.invoices
     tenant = Tenant(org=org, owner_session=session_client(owner), owner_key=key_client(owner_secret),
-                    member=member, invitation=invitation, spare_key=spare_key, rotate_key=rotate_key, request=request)
+                    member=member, invitation=invitation, spare_key=spare_key, rotate_key=rotate_key, request=request,
+                    invoice=invoice)
     tenant.markers = {org.slug, owner.email, member_user.email, invitation.email, member.public_id,
                       invitation.public_id, spare_key.key_id, rotate_key.key_id, f"{tag.title()} Corporation",
-                      request.request_id, request.model_name, prompt}
+                      request.request_id, request.model_name, prompt, billed, invoice.number}
     return tenant
 
 
 @pytest.fixture
 def tenants() -> tuple[Tenant, Tenant]:
+    fx_tax_seed()
+    make_prices(model_name="SmolLM2-135M-Instruct", region="dxb")
     return _tenant("alpha"), _tenant("bravo")
 
 
@@ -119,6 +140,12 @@ COVERAGE: dict[str, Coverage] = {
     f"{ORG}/quotas/<str:region>": Coverage(ids={"region": lambda t: "dxb"}, foreign_ids=False),
     f"{ORG}/audit-events": Coverage(),
     f"{ORG}/billing/balance": Coverage(),
+    f"{ORG}/billing/usage": Coverage(),
+    f"{ORG}/billing/budget": Coverage(bodies={"PUT": lambda t: {"amount": "250.00", "hard_stop": True}}),
+    f"{ORG}/billing/budget/events": Coverage(),
+    f"{ORG}/invoices": Coverage(),
+    f"{ORG}/invoices/<str:number>": Coverage(ids={"number": lambda t: t.invoice.number}),
+    f"{ORG}/invoices/<str:number>/csv": Coverage(ids={"number": lambda t: t.invoice.number}),
     f"{ORG}/requests": Coverage(),
     f"{ORG}/requests/<str:request_id>": Coverage(ids={"request_id": lambda t: t.request.request_id}),
 }
@@ -194,7 +221,8 @@ def _list_patterns() -> list[str]:
         if "GET" in route.view_class.required_scopes  # type: ignore[union-attr]  # org views have it
         # an uncovered route fails test_every_org_route_is_covered, not the collection of the whole module
         and route.pattern in COVERAGE and not COVERAGE[route.pattern].ids
-        and route.pattern not in {ORG, f"{ORG}/residency-policy", f"{ORG}/billing/balance"}
+        and route.pattern not in {ORG, f"{ORG}/residency-policy", f"{ORG}/billing/balance", f"{ORG}/billing/usage",
+                                  f"{ORG}/billing/budget"}
     )
 
 
