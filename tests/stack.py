@@ -275,3 +275,21 @@ def serving_customer(slug: str = "gulf") -> Customer:
     credit_grant_create(actor=actor, organization=customer.organization, amount="10", currency="USD",
                         expires_at=None, reason="tests")  # fmt: skip
     return customer
+
+
+def outbox_sends_recorded(monkeypatch: Any) -> list[int]:
+    """For tests without a broker or worker: outbox sends (from admission and from the reaper) are
+    recorded and marked sent instead of published; returns the list of outbox ids they sent."""
+    from controlplane.inference import admission
+    from controlplane.inference.models import OutboxMessage
+
+    calls: list[int] = []
+
+    def record(*, outbox_id: int, **_: Any) -> bool:
+        calls.append(outbox_id)
+        OutboxMessage.objects.filter(pk=outbox_id).update(sent_at=timezone.now())
+        return True
+
+    monkeypatch.setattr(admission, "outbox_send", record)
+    monkeypatch.setattr("controlplane.inference.services.outbox_send", record)
+    return calls

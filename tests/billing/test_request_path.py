@@ -19,14 +19,13 @@ from billing.reconcile import reconcile
 from billing.services import price_entry_add
 from controlplane.core import money
 from controlplane.core.services import Actor
-from controlplane.inference import admission
 from controlplane.inference.admission import request_admit
-from controlplane.inference.models import InferenceRequest, OutboxMessage
+from controlplane.inference.models import InferenceRequest
 from controlplane.inference.openai_schema import parse_generation
 from controlplane.inference.services import request_claim, request_complete, requests_reap
 from tenants.models import ApiKey, Organization
 from tests.factories import Customer
-from tests.stack import serving_customer
+from tests.stack import outbox_sends_recorded, serving_customer
 
 MODEL = "SmolLM2-135M-Instruct"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
@@ -37,16 +36,7 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Outbox sends are recorded instead of reaching a broker (no worker runs here)."""
-    calls: list[int] = []
-
-    def record(*, outbox_id: int, **_: Any) -> bool:
-        calls.append(outbox_id)
-        OutboxMessage.objects.filter(pk=outbox_id).update(sent_at=timezone.now())
-        return True
-
-    monkeypatch.setattr(admission, "outbox_send", record)
-    monkeypatch.setattr("controlplane.inference.services.outbox_send", record)
-    return calls
+    return outbox_sends_recorded(monkeypatch)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from controlplane.inference.services import request_claim, request_complete, req
 from tenants import services as tenant_services
 from tenants.models import ApiKey
 from tests.factories import Customer
-from tests.stack import serving_customer
+from tests.stack import outbox_sends_recorded, serving_customer
 
 MODEL = "SmolLM2-135M-Instruct"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -31,16 +31,7 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Outbox sends are recorded instead of reaching a broker (no worker runs in these tests)."""
-    calls: list[int] = []
-
-    def record(*, outbox_id: int, **_: Any) -> bool:
-        calls.append(outbox_id)
-        OutboxMessage.objects.filter(pk=outbox_id).update(sent_at=timezone.now())
-        return True
-
-    monkeypatch.setattr(admission, "outbox_send", record)
-    monkeypatch.setattr("controlplane.inference.services.outbox_send", record)
-    return calls
+    return outbox_sends_recorded(monkeypatch)
 
 
 @pytest.fixture
