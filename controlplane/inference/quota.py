@@ -229,7 +229,9 @@ if op == 'reserve' then return reserve() end
 if op == 'state' then
   window_trim()
   local count, used, reset = window_state()
-  return {count, used, reset}
+  local active = redis.call('ZCOUNT', leases, '(' .. now, '+inf')
+  local month = month_of(now)
+  return {count, used, reset, active, tonumber(redis.call('HGET', monthly, month)) or 0}
 end
 
 if redis.call('HGET', record, 'state') ~= 'reserved' then return 0 end
@@ -313,14 +315,35 @@ def quota_reserve(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaUsage:
+    """Where an organisation stands in one region now: the last minute's requests and reserved tokens,
+    the running requests (live leases), this month's tokens, and ms until the minute's window is empty."""
+
+    requests_last_minute: int
+    tokens_last_minute: int
+    concurrent_requests: int
+    monthly_tokens: int
+    window_reset_ms: int
+
+
+def quota_usage(*, client: redis.Redis, org_id: int, region: str, now_ms: int | None = None) -> QuotaUsage:
+    """Reads the counters, reserving nothing; only expired window entries are dropped, as any
+    reservation would drop them."""
+    count, used, reset_ms, active, month_used = (
+        int(v) for v in _run(client, "state", org_id=org_id, region=region, request_id="-", now_ms=now_ms, args=())
+    )
+    return QuotaUsage(count, used, active, month_used, reset_ms)
+
+
 def quota_state(*, client: redis.Redis, org_id: int, region: str, limits: QuotaLimits,
                 now_ms: int | None = None) -> dict[str, str]:
     """The `x-ratelimit-*` headers as they stand, reserving nothing (for answers refused before the
-    quota step). Only expired window entries are dropped, as any reservation would drop them."""
+    quota step)."""
     rpm, tpm = _ceiling(limits.requests_per_minute), _ceiling(limits.tokens_per_minute)
-    count, used, reset_ms = (int(v) for v in _run(client, "state", org_id=org_id, region=region, request_id="-",
-                                                   now_ms=now_ms, args=()))  # fmt: skip
-    reset = _duration(reset_ms)
+    usage = quota_usage(client=client, org_id=org_id, region=region, now_ms=now_ms)
+    count, used = usage.requests_last_minute, usage.tokens_last_minute
+    reset = _duration(usage.window_reset_ms)
     return {
         "x-ratelimit-limit-requests": str(rpm),
         "x-ratelimit-remaining-requests": str(max(rpm - count, 0)),

@@ -141,3 +141,19 @@ class InferenceRequestDetailSchema(OpenApiSerializerExtension):  # type: ignore[
         row = auto_schema.resolve_serializer(InferenceRequestSerializer, direction)
         part = auto_schema._map_serializer(InferenceRequestDetailPartSerializer, direction)
         return {"allOf": [row.ref, part]}
+
+
+class QuotaUsageSerializer(serializers.Serializer):  # type: ignore[type-arg]  # untyped output serializer
+    """One region: the organisation's limits there, and its use now, read from the quota store."""
+
+    region = serializers.ChoiceField(choices=REGION_CODES)
+    allowed = serializers.BooleanField(help_text="Whether the residency policy allows this region now.")
+    requests_per_minute = serializers.IntegerField(help_text="The limit.")
+    tokens_per_minute = serializers.IntegerField(help_text="The limit (reserved: prompt + max_tokens).")
+    concurrent_requests = serializers.IntegerField(help_text="The limit.")
+    monthly_tokens = serializers.IntegerField(help_text="The limit, per calendar month (UTC).")
+    requests_last_minute = serializers.IntegerField()
+    tokens_last_minute = serializers.IntegerField(help_text="Reserved, less what finished requests gave back.")
+    running_requests = serializers.IntegerField(help_text="Requests holding a concurrency lease now.")
+    tokens_this_month = serializers.IntegerField()
+    window_reset_ms = serializers.IntegerField(help_text="Milliseconds until the last minute's window is empty.")
