@@ -594,14 +594,8 @@ def invoice_mark_paid(*, actor: Actor, invoice: Invoice, reference: str) -> Invo
     """An operator records the payment of a finalised invoice."""
     if not reference.strip():
         raise ValidationFailed("A payment reference is required.")
-    with transaction.atomic():
-        locked = _locked(invoice)
-        if locked.status != Invoice.Status.FINALIZED:
-            raise Conflict(f"Invoice {locked.number or locked.pk} is {locked.status}.", code="invoice_not_open")
-        locked.status, locked.paid_at, locked.status_note = Invoice.Status.PAID, timezone.now(), reference[:300]
-        locked.save(update_fields=["status", "paid_at", "status_note", "updated_at"])
-        _audit_status(actor=actor, invoice=locked, before=Invoice.Status.FINALIZED, note=reference)
-    return locked
+    return _finalized_close(actor=actor, invoice=invoice, status=Invoice.Status.PAID, moment="paid_at",
+                            note=reference)  # fmt: skip
 
 
 def invoice_void(*, actor: Actor, invoice: Invoice, reason: str) -> Invoice:
@@ -609,13 +603,20 @@ def invoice_void(*, actor: Actor, invoice: Invoice, reason: str) -> Invoice:
     a correction is a credit grant or a new entry, never an edit."""
     if not reason.strip():
         raise ValidationFailed("A reason is required.")
+    return _finalized_close(actor=actor, invoice=invoice, status=Invoice.Status.VOID, moment="voided_at",
+                            note=reason)  # fmt: skip
+
+
+def _finalized_close(*, actor: Actor, invoice: Invoice, status: str, moment: str, note: str) -> Invoice:
+    """finalized -> paid or void, under the invoice's lock, with the moment, the note and the audit row."""
     with transaction.atomic():
         locked = _locked(invoice)
         if locked.status != Invoice.Status.FINALIZED:
             raise Conflict(f"Invoice {locked.number or locked.pk} is {locked.status}.", code="invoice_not_open")
-        locked.status, locked.voided_at, locked.status_note = Invoice.Status.VOID, timezone.now(), reason[:300]
-        locked.save(update_fields=["status", "voided_at", "status_note", "updated_at"])
-        _audit_status(actor=actor, invoice=locked, before=Invoice.Status.FINALIZED, note=reason)
+        locked.status, locked.status_note = status, note[:300]
+        setattr(locked, moment, timezone.now())
+        locked.save(update_fields=["status", moment, "status_note", "updated_at"])
+        _audit_status(actor=actor, invoice=locked, before=Invoice.Status.FINALIZED, note=note)
     return locked
 
 

@@ -295,15 +295,7 @@ def quota_reserve(
     ))
     if admitted == -1:
         raise Conflict(f"request id {request_id!r} was already settled or released", code="request_id_reused")
-    reset = _duration(reset_ms)
-    headers = {
-        "x-ratelimit-limit-requests": str(rpm),
-        "x-ratelimit-remaining-requests": str(max(rpm - count, 0)),
-        "x-ratelimit-reset-requests": reset,
-        "x-ratelimit-limit-tokens": str(tpm),
-        "x-ratelimit-remaining-tokens": str(max(tpm - used, 0)),
-        "x-ratelimit-reset-tokens": reset,
-    }
+    headers = _headers(rpm=rpm, tpm=tpm, count=count, used=used, reset_ms=reset_ms)
     if admitted == 1:
         return QuotaDecision(admitted=True, limit=None, retry_after_s=0, headers=headers)
     return QuotaDecision(
@@ -342,8 +334,13 @@ def quota_state(*, client: redis.Redis, org_id: int, region: str, limits: QuotaL
     quota step)."""
     rpm, tpm = _ceiling(limits.requests_per_minute), _ceiling(limits.tokens_per_minute)
     usage = quota_usage(client=client, org_id=org_id, region=region, now_ms=now_ms)
-    count, used = usage.requests_last_minute, usage.tokens_last_minute
-    reset = _duration(usage.window_reset_ms)
+    return _headers(rpm=rpm, tpm=tpm, count=usage.requests_last_minute, used=usage.tokens_last_minute,
+                    reset_ms=usage.window_reset_ms)  # fmt: skip
+
+
+def _headers(*, rpm: int, tpm: int, count: int, used: int, reset_ms: int) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-*` headers for one window's state."""
+    reset = _duration(reset_ms)
     return {
         "x-ratelimit-limit-requests": str(rpm),
         "x-ratelimit-remaining-requests": str(max(rpm - count, 0)),
