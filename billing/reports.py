@@ -13,6 +13,7 @@ from billing.budgets import month_start
 from billing.invoicing import month_bounds
 from billing.models import CreditHold, LedgerEntry, PriceBookEntry
 from controlplane.core.regions import REGION_CODES
+from tenants import selectors as tenant_selectors
 from tenants.models import Organization, RegionalQuota
 
 
@@ -43,10 +44,10 @@ def prices_in_force(
 @dataclass(frozen=True, slots=True)
 class RegionUse:
     region: str
-    requests_per_minute: int | None
-    tokens_per_minute: int | None
-    concurrent_requests: int | None
-    monthly_tokens: int | None
+    requests_per_minute: int
+    tokens_per_minute: int
+    concurrent_requests: int
+    monthly_tokens: int
     requests: int
     input_tokens: int
     output_tokens: int
@@ -58,8 +59,8 @@ class RegionUse:
 def usage_by_region(*, organization: Organization, at: datetime | None = None) -> tuple[str, list[RegionUse]]:
     """This calendar month's settled use and open holds per region (UTC, by admission), with the limits.
 
-    Returns the month ('YYYY-MM') and one row per region, in region-code order; the limit fields are
-    None for a region without a quota row.
+    Returns the month ('YYYY-MM') and one row per region, in region-code order, with the limits in
+    force there (the organisation's plan, with its overrides in that region).
     """
     month = month_start(at or timezone.now())
     start, end = month_bounds(month)
@@ -82,18 +83,19 @@ def usage_by_region(*, organization: Organization, at: datetime | None = None) -
         .order_by()
     }
     quota_rows = RegionalQuota.objects.unscoped_all_orgs().filter(organization=organization)
-    quotas = {quota.region: quota for quota in quota_rows}
+    plan = tenant_selectors.quota_plan_of(organization=organization)
+    quotas = {row.region: tenant_selectors.quota_effective(row, region=row.region, plan=plan) for row in quota_rows}
     rows = []
     for region in REGION_CODES:
-        quota = quotas.get(region)
+        quota = quotas.get(region) or tenant_selectors.quota_effective(None, region=region, plan=plan)
         used, open_holds = settled.get(region, {}), held.get(region, {})
         rows.append(
             RegionUse(
                 region=region,
-                requests_per_minute=quota.requests_per_minute if quota else None,
-                tokens_per_minute=quota.tokens_per_minute if quota else None,
-                concurrent_requests=quota.concurrent_requests if quota else None,
-                monthly_tokens=quota.monthly_tokens if quota else None,
+                requests_per_minute=quota.requests_per_minute,
+                tokens_per_minute=quota.tokens_per_minute,
+                concurrent_requests=quota.concurrent_requests,
+                monthly_tokens=quota.monthly_tokens,
                 requests=int(used.get("requests") or 0),
                 input_tokens=int(used.get("input") or 0),
                 output_tokens=int(used.get("output") or 0),

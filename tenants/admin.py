@@ -14,7 +14,16 @@ from controlplane.core.admin import ReadOnlyAdmin, admin_actor
 from controlplane.core.errors import Conflict
 from controlplane.core.scoping import org_scope
 from tenants import services
-from tenants.models import ApiKey, Invitation, Membership, Organization, RegionalQuota, ResidencyPolicy, User
+from tenants.models import (
+    ApiKey,
+    Invitation,
+    Membership,
+    Organization,
+    QuotaPlan,
+    RegionalQuota,
+    ResidencyPolicy,
+    User,
+)
 
 
 class OrgOwnedAdmin(ReadOnlyAdmin):
@@ -45,15 +54,17 @@ class UserAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic over the
 class OrganizationForm(forms.ModelForm):  # type: ignore[type-arg]  # generic over the model
     class Meta:
         model = Organization
-        fields = ("name", "billing_mode", "billing_currency", "billing_country", "tax_id")
+        fields = ("name", "billing_mode", "billing_currency", "billing_country", "tax_id", "quota_plan")
 
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic over the model
     form = OrganizationForm
-    list_display = ("slug", "name", "status", "billing_mode", "billing_currency", "billing_country", "created_at")
+    list_display = (
+        "slug", "name", "status", "billing_mode", "billing_currency", "billing_country", "quota_plan", "created_at",
+    )  # fmt: skip
     search_fields = ("slug", "name", "tax_id")
-    list_filter = ("status", "billing_mode", "billing_currency", "billing_country")
+    list_filter = ("status", "billing_mode", "billing_currency", "billing_country", "quota_plan")
     readonly_fields = ("slug", "status", "created_at", "updated_at")
     actions = ("suspend_organizations", "reinstate_organizations")
 
@@ -74,6 +85,8 @@ class OrganizationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic 
             tax_id=obj.tax_id,
             billing_mode=obj.billing_mode,
         )
+        if "quota_plan" in form.changed_data:
+            services.organization_quota_plan_set(actor=admin_actor(request), organization=obj, plan=obj.quota_plan)
 
     @admin.action(description="Suspend the selected organisations")
     def suspend_organizations(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
@@ -176,6 +189,7 @@ class RegionalQuotaAdmin(OrgOwnedAdmin):
             return super().changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request: HttpRequest, obj: RegionalQuota, form: Any, change: bool) -> None:
+        # an empty field returns that limit to the organisation's plan
         services.regional_quota_set(
             actor=admin_actor(request),
             organization=obj.organization,
@@ -185,6 +199,54 @@ class RegionalQuotaAdmin(OrgOwnedAdmin):
             concurrent_requests=obj.concurrent_requests,
             monthly_tokens=obj.monthly_tokens,
         )
+
+
+class QuotaPlanForm(forms.ModelForm):  # type: ignore[type-arg]  # generic over the model
+    class Meta:
+        model = QuotaPlan
+        fields = (
+            "slug", "name", "description", "requests_per_minute", "tokens_per_minute", "concurrent_requests",
+            "monthly_tokens", "is_default",
+        )  # fmt: skip
+
+    def clean_is_default(self) -> bool:
+        value = bool(self.cleaned_data["is_default"])
+        if self.instance.pk is not None and self.instance.is_default and not value:
+            raise forms.ValidationError("This is the default plan: mark another plan as the default instead.")
+        return value
+
+
+@admin.register(QuotaPlan)
+class QuotaPlanAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic over the model
+    """Tiers of default limits. Saves go through the service, which audits them and keeps exactly one
+    default; a plan is never deleted (organisations and audit events name it)."""
+
+    form = QuotaPlanForm
+    list_display = (
+        "slug", "name", "requests_per_minute", "tokens_per_minute", "concurrent_requests", "monthly_tokens",
+        "is_default", "updated_at",
+    )  # fmt: skip
+    search_fields = ("slug", "name")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["slug", "created_at", "updated_at"] if obj is not None else ["created_at", "updated_at"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: QuotaPlan, form: Any, change: bool) -> None:
+        saved = services.quota_plan_save(
+            actor=admin_actor(request),
+            slug=obj.slug,
+            name=obj.name,
+            description=obj.description,
+            requests_per_minute=obj.requests_per_minute,
+            tokens_per_minute=obj.tokens_per_minute,
+            concurrent_requests=obj.concurrent_requests,
+            monthly_tokens=obj.monthly_tokens,
+            is_default=obj.is_default,
+        )
+        obj.pk = saved.pk
 
 
 # Access is by organisation roles and the staff flag; Django's groups are not used, so not offered.

@@ -83,6 +83,14 @@ class Organization(CentralModel):
     billing_currency = models.CharField(max_length=3, choices=[(c, c) for c in BILLING_CURRENCIES], default="USD")
     billing_country = models.CharField(max_length=2, help_text="ISO 3166-1 alpha-2")
     tax_id = models.CharField(max_length=40, blank=True)
+    quota_plan = models.ForeignKey(
+        "tenants.QuotaPlan",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="organizations",
+        help_text="empty: the default plan",
+    )
 
     class Meta:
         ordering = ("slug",)
@@ -171,12 +179,43 @@ class ResidencyPolicy(OrgOwnedModel):
         return f"residency of {self.organization_id}"
 
 
+QUOTA_FIELDS: tuple[str, ...] = ("requests_per_minute", "tokens_per_minute", "concurrent_requests", "monthly_tokens")
+"""The four limits admission enforces per organisation and region (controlplane.inference.quota)."""
+
+
+class QuotaPlan(CentralModel):
+    """A tier of default limits, the same in every region. An organisation is on one plan (the default
+    plan when it names none); its RegionalQuota rows override single limits in single regions."""
+
+    slug = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=80)
+    description = models.CharField(max_length=300, blank=True)
+    requests_per_minute = models.PositiveIntegerField()
+    tokens_per_minute = models.PositiveIntegerField()
+    concurrent_requests = models.PositiveIntegerField()
+    monthly_tokens = models.PositiveBigIntegerField()
+    is_default = models.BooleanField(default=False, help_text="the plan of organisations that name none")
+
+    class Meta:
+        ordering = ("requests_per_minute", "slug")
+        constraints = (
+            models.UniqueConstraint(
+                fields=["is_default"], condition=models.Q(is_default=True), name="quota_plan_one_default"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return self.slug
+
+
 class RegionalQuota(OrgOwnedModel):
+    """One organisation's overrides of its plan in one region: an empty limit is the plan's."""
+
     region = models.CharField(max_length=8, choices=[(c, c) for c in REGION_CODES])
-    requests_per_minute = models.PositiveIntegerField(default=600)
-    tokens_per_minute = models.PositiveIntegerField(default=200_000)
-    concurrent_requests = models.PositiveIntegerField(default=16)
-    monthly_tokens = models.PositiveBigIntegerField(default=100_000_000)
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    concurrent_requests = models.PositiveIntegerField(null=True, blank=True)
+    monthly_tokens = models.PositiveBigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ("region",)
@@ -184,3 +223,7 @@ class RegionalQuota(OrgOwnedModel):
 
     def __str__(self) -> str:
         return f"quota {self.organization_id}/{self.region}"
+
+    @property
+    def overridden(self) -> tuple[str, ...]:
+        return tuple(f for f in QUOTA_FIELDS if getattr(self, f) is not None)

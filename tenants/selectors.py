@@ -3,13 +3,29 @@ that organisation's scope; the scope's filter is part of the query, so it may be
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
 from django.db.models import QuerySet
 
 from controlplane.core.errors import NotFound
 from controlplane.core.models import AuditEvent
 from controlplane.core.scoping import org_scope
-from tenants.models import ApiKey, Invitation, Membership, Organization, RegionalQuota, ResidencyPolicy, User
+from tenants.models import (
+    ApiKey,
+    Invitation,
+    Membership,
+    Organization,
+    QuotaPlan,
+    RegionalQuota,
+    ResidencyPolicy,
+    User,
+)
+from tenants.plans import BUILTIN_DEFAULT
 from tenants.scopes import Scope, role_scopes
+
+logger = logging.getLogger(__name__)
 
 
 def user_membership_list(*, user: User) -> QuerySet[Membership]:
@@ -99,6 +115,77 @@ def regional_quota_get(*, organization: Organization, region: str) -> RegionalQu
     if quota is None:
         raise NotFound("Not found.")
     return quota
+
+
+# --- quota plans and the limits in force ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveQuota:
+    """The limits admission enforces for one organisation in one region: the plan's, except where the
+    organisation's row for the region sets a value (``overridden`` names those)."""
+
+    region: str
+    plan: str
+    requests_per_minute: int
+    tokens_per_minute: int
+    concurrent_requests: int
+    monthly_tokens: int
+    overridden: tuple[str, ...]
+    updated_at: datetime | None
+
+
+def quota_plan_list() -> QuerySet[QuotaPlan]:
+    return QuotaPlan.objects.all()
+
+
+def quota_plan_get(*, slug: str) -> QuotaPlan:
+    plan = QuotaPlan.objects.filter(slug=slug).first()
+    if plan is None:
+        raise NotFound(f"No quota plan {slug!r}.")
+    return plan
+
+
+def quota_plan_default() -> QuotaPlan:
+    """The plan marked default. The services never leave the plans without one, but an emptied table
+    could: then the built-in standard figures apply (an unsaved plan), never no limits at all."""
+    plan = QuotaPlan.objects.filter(is_default=True).first()
+    if plan is None:
+        logger.warning("no quota plan is marked as the default: the built-in standard limits apply")
+        return QuotaPlan(**BUILTIN_DEFAULT)
+    return plan
+
+
+def quota_plan_of(*, organization: Organization) -> QuotaPlan:
+    """The organisation's plan: the one it names, else the default."""
+    if organization.quota_plan_id is None:
+        return quota_plan_default()
+    plan: QuotaPlan = organization.quota_plan  # type: ignore[assignment]  # not None when the id is set
+    return plan
+
+
+def quota_effective(row: RegionalQuota | None, *, region: str, plan: QuotaPlan) -> EffectiveQuota:
+    def limit(field: str) -> int:
+        value = getattr(row, field) if row is not None else None
+        return int(getattr(plan, field) if value is None else value)
+
+    return EffectiveQuota(
+        region=region,
+        plan=plan.slug,
+        requests_per_minute=limit("requests_per_minute"),
+        tokens_per_minute=limit("tokens_per_minute"),
+        concurrent_requests=limit("concurrent_requests"),
+        monthly_tokens=limit("monthly_tokens"),
+        overridden=row.overridden if row is not None else (),
+        updated_at=row.updated_at if row is not None else None,
+    )
+
+
+def regional_quota_effective(*, organization: Organization, region: str) -> EffectiveQuota:
+    with org_scope(organization.pk):
+        row: RegionalQuota | None = RegionalQuota.objects.filter(organization=organization, region=region).first()
+    return quota_effective(row, region=region, plan=quota_plan_of(organization=organization))
+
 
 
 def audit_event_list(

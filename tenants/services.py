@@ -11,7 +11,8 @@ import re
 import secrets
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from enum import Enum
+from typing import Any, Literal
 
 from django.conf import settings
 from django.contrib.auth import authenticate
@@ -34,20 +35,30 @@ from controlplane.core.services import Actor, audit_record
 from tenants.keys import key_generate, key_hmac
 from tenants.models import (
     BILLING_CURRENCIES,
+    QUOTA_FIELDS,
     ApiKey,
     Invitation,
     Membership,
     Organization,
+    QuotaPlan,
     RegionalQuota,
     ResidencyPolicy,
     Role,
     User,
 )
+from tenants.plans import SEEDED_PLANS
 from tenants.scopes import ALL_SCOPES, role_scopes
 
 ACCELERATOR_FAMILIES: tuple[str, ...] = ("", "npu", "nvidia", "amd")
 MAX_ROTATION_OVERLAP_S = 7 * 24 * 3600
 MAX_RETENTION_DAYS = 3650
+QUOTA_LIMIT_MAX = {  # the columns' ranges
+    "requests_per_minute": 2**31 - 1,
+    "tokens_per_minute": 2**31 - 1,
+    "concurrent_requests": 2**31 - 1,
+    "monthly_tokens": 2**63 - 1,
+}
+_PLAN_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
 INVITATION_TTL = timedelta(days=7)
 EMAIL_VERIFICATION_MAX_AGE_S = 3 * 24 * 3600
 _EMAIL_VERIFICATION_SALT = "tenants.email-verification"
@@ -906,37 +917,64 @@ def residency_policy_update(
     return policy
 
 
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+KEEP: Literal[_Keep.KEEP] = _Keep.KEEP
+"""A limit argument left as it is."""
+
+QuotaValue = int | None | Literal[_Keep.KEEP]
+
+
+def _limits_checked(values: dict[str, Any], *, allow_none: bool) -> dict[str, list[str]]:
+    bad: dict[str, list[str]] = {}
+    for field, value in values.items():
+        if value is None and allow_none:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            bad[field] = ["a whole number of at least 0" + (", or null for the plan's value" if allow_none else "")]
+        elif value > QUOTA_LIMIT_MAX[field]:
+            bad[field] = [f"at most {QUOTA_LIMIT_MAX[field]}"]
+    return bad
+
+
 def regional_quota_set(
     *,
     actor: Actor,
     organization: Organization,
     region: str,
-    requests_per_minute: int,
-    tokens_per_minute: int,
-    concurrent_requests: int,
-    monthly_tokens: int,
+    requests_per_minute: QuotaValue = KEEP,
+    tokens_per_minute: QuotaValue = KEEP,
+    concurrent_requests: QuotaValue = KEEP,
+    monthly_tokens: QuotaValue = KEEP,
 ) -> RegionalQuota:
-    """Operators: set an organisation's limits in one region."""
+    """Operators: override an organisation's plan in one region. A value sets the limit there, None
+    returns it to the plan's, and a limit not passed stays as it is."""
     if region not in REGION_CODES:
         raise ValidationFailed(f"Unknown region {region!r}.", details={"region": [f"one of {', '.join(REGION_CODES)}"]})
-    values = {
-        "requests_per_minute": requests_per_minute,
-        "tokens_per_minute": tokens_per_minute,
-        "concurrent_requests": concurrent_requests,
-        "monthly_tokens": monthly_tokens,
+    given = {
+        field: value
+        for field, value in {
+            "requests_per_minute": requests_per_minute,
+            "tokens_per_minute": tokens_per_minute,
+            "concurrent_requests": concurrent_requests,
+            "monthly_tokens": monthly_tokens,
+        }.items()
+        if value is not KEEP
     }
-    bad = {
-        field: ["a whole number of at least 0"]
-        for field, value in values.items()
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0
-    }
+    if not given:
+        raise ValidationFailed(
+            "Give at least one limit.", details={"non_field_errors": [f"any of {', '.join(QUOTA_FIELDS)}"]}
+        )
+    bad = _limits_checked(given, allow_none=True)
     if bad:
         raise ValidationFailed("The quota is not valid.", details=bad)
     with transaction.atomic(), org_scope(organization.pk):
         quota: RegionalQuota
         quota, _ = RegionalQuota.objects.select_for_update().get_or_create(organization=organization, region=region)
         before = _quota_snapshot(quota)
-        for field, value in values.items():
+        for field, value in given.items():
             setattr(quota, field, value)
         quota.save()
         audit_record(
@@ -948,3 +986,100 @@ def regional_quota_set(
             changes={"before": before, "after": _quota_snapshot(quota)},
         )
     return quota
+
+
+def _plan_snapshot(plan: QuotaPlan) -> dict[str, Any]:
+    return {
+        "name": plan.name,
+        "description": plan.description,
+        "is_default": plan.is_default,
+        **{field: getattr(plan, field) for field in QUOTA_FIELDS},
+    }
+
+
+def quota_plan_save(
+    *,
+    actor: Actor,
+    slug: str,
+    name: str,
+    description: str = "",
+    requests_per_minute: int,
+    tokens_per_minute: int,
+    concurrent_requests: int,
+    monthly_tokens: int,
+    is_default: bool = False,
+) -> QuotaPlan:
+    """Operators: create a plan, or change every field of an existing one. Organisations on the plan
+    (and, for the default plan, every organisation that names none) get the new limits on their next
+    request. Marking a plan the default unmarks the previous one; the default cannot be unmarked
+    except by marking another."""
+    values = {
+        "requests_per_minute": requests_per_minute,
+        "tokens_per_minute": tokens_per_minute,
+        "concurrent_requests": concurrent_requests,
+        "monthly_tokens": monthly_tokens,
+    }
+    bad = _limits_checked(values, allow_none=False)
+    if not isinstance(slug, str) or not _PLAN_SLUG.match(slug):
+        bad["slug"] = ["lower-case letters, digits and hyphens, 2 to 40 characters"]
+    if not isinstance(name, str) or not name.strip():
+        bad["name"] = ["must not be blank"]
+    if bad:
+        raise ValidationFailed("The quota plan is not valid.", details=bad)
+    with transaction.atomic():
+        plan = QuotaPlan.objects.select_for_update().filter(slug=slug).first()
+        before = _plan_snapshot(plan) if plan is not None else None
+        if plan is not None and plan.is_default and not is_default:
+            raise Conflict(
+                "This is the default plan: mark another plan as the default instead.", code="default_plan_required"
+            )
+        if is_default:
+            QuotaPlan.objects.select_for_update().filter(is_default=True).exclude(slug=slug).update(is_default=False)
+        if plan is None:
+            plan = QuotaPlan(slug=slug)
+        plan.name = name.strip()
+        plan.description = description.strip()
+        plan.is_default = is_default
+        for field, value in values.items():
+            setattr(plan, field, value)
+        plan.save()
+        audit_record(
+            actor=actor,
+            action="quota_plan.create" if before is None else "quota_plan.update",
+            target_type="quota_plan",
+            target_id=slug,
+            changes={"before": before, "after": _plan_snapshot(plan)},
+        )
+    return plan
+
+
+def quota_plans_seed(*, actor: Actor) -> list[QuotaPlan]:
+    """Create the built-in plans that are missing (by slug); existing plans are left as they are. The
+    standard plan becomes the default only when no plan is the default. Returns the plans created."""
+    created = []
+    with transaction.atomic():
+        has_default = QuotaPlan.objects.select_for_update().filter(is_default=True).exists()
+        for seed in SEEDED_PLANS:
+            if QuotaPlan.objects.filter(slug=seed["slug"]).exists():
+                continue
+            values = {**seed, "is_default": bool(seed["is_default"]) and not has_default}
+            created.append(quota_plan_save(actor=actor, **values))
+    return created
+
+
+def organization_quota_plan_set(*, actor: Actor, organization: Organization, plan: QuotaPlan | None) -> Organization:
+    """Operators: move an organisation to a plan (None: the default plan). Its regional overrides stay."""
+    with transaction.atomic():
+        locked = Organization.objects.select_for_update().get(pk=organization.pk)
+        before = locked.quota_plan.slug if locked.quota_plan is not None else None
+        locked.quota_plan = plan
+        locked.save(update_fields=["quota_plan", "updated_at"])
+        audit_record(
+            actor=actor,
+            action="organization.quota_plan_set",
+            target_type="organization",
+            target_id=locked.slug,
+            organization_id=locked.pk,
+            changes={"before": {"quota_plan": before}, "after": {"quota_plan": plan.slug if plan else None}},
+        )
+    return locked

@@ -112,3 +112,16 @@ def _hotcache_empty() -> Iterator[None]:
     hotcache.invalidate_everywhere()
     yield
     hotcache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _quota_counters_empty() -> None:
+    """Each test starts with no quota counters: organisation ids restart with every test database, so
+    an earlier test's requests (within the minute, or this month) would count against a new
+    organisation that happens to get the same id."""
+    from controlplane.inference import admission
+
+    client = admission.quota_client()
+    stale = list(client.scan_iter(match="quota:*", count=1000))
+    if stale:
+        client.delete(*stale)

@@ -65,13 +65,13 @@ class PriceOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-a
 
 
 class RegionUseOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]  # drf-stubs: generic over the instance
-    """One region: the organisation's limits (null without a quota row) and this month's use."""
+    """One region: the limits in force there (plan and overrides) and this month's use."""
 
     region = serializers.CharField()
-    requests_per_minute = serializers.IntegerField(allow_null=True)
-    tokens_per_minute = serializers.IntegerField(allow_null=True)
-    concurrent_requests = serializers.IntegerField(allow_null=True)
-    monthly_tokens = serializers.IntegerField(allow_null=True, help_text="limit; compare with the tokens used")
+    requests_per_minute = serializers.IntegerField()
+    tokens_per_minute = serializers.IntegerField()
+    concurrent_requests = serializers.IntegerField()
+    monthly_tokens = serializers.IntegerField(help_text="limit; compare with the tokens used")
     requests = serializers.IntegerField(help_text="settled this month")
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()

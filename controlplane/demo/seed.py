@@ -241,6 +241,7 @@ def seed_demo() -> DemoSummary:
     hosts, deployments = seed_fleet(actor=actor)
     fx_tax_seed(actor=actor)
     price_book_seed(actor=actor)
+    tenant_services.quota_plans_seed(actor=actor)
     organization, owner = seed_tenants(actor=actor, password=password)
     seed_credit(actor=actor, organization=organization)
     api_key, created = seed_api_key(actor=actor, organization=organization, owner=owner, key_file=demo_api_key_file())

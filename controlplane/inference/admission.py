@@ -38,7 +38,8 @@ from controlplane.inference.receipts import content_salt_new
 from controlplane.scheduling.fleet_view import host_states
 from controlplane.scheduling.policy import HostState, PlacementRequest, place
 from native.tokenizer import Tokenizer
-from tenants.models import ApiKey, Organization, RegionalQuota, ResidencyPolicy
+from tenants import selectors as tenant_selectors
+from tenants.models import ApiKey, Organization, ResidencyPolicy
 
 logger = logging.getLogger("controlplane.inference")
 
@@ -230,15 +231,12 @@ def _host_load() -> dict[int, tuple[int, int]]:
 
 def quota_limits(organization: Organization, region: str) -> quota.QuotaLimits:
     def load() -> quota.QuotaLimits:
-        with org_scope(organization.pk):
-            row: RegionalQuota | None = RegionalQuota.objects.filter(organization=organization, region=region).first()
-        if row is None:  # the plan's defaults are the model's field defaults
-            row = RegionalQuota(organization=organization, region=region)
+        limits = tenant_selectors.regional_quota_effective(organization=organization, region=region)
         return quota.QuotaLimits(
-            requests_per_minute=row.requests_per_minute,
-            tokens_per_minute=row.tokens_per_minute,
-            concurrent_requests=row.concurrent_requests,
-            monthly_tokens=row.monthly_tokens,
+            requests_per_minute=limits.requests_per_minute,
+            tokens_per_minute=limits.tokens_per_minute,
+            concurrent_requests=limits.concurrent_requests,
+            monthly_tokens=limits.monthly_tokens,
         )
 
     return hotcache.cached(("quota_limits", organization.pk, region), hotcache.current().org, load)

@@ -18,7 +18,7 @@ class InferenceConfig(AppConfig):
         from billing.models import FxRate, PriceBookEntry
         from controlplane.core import hotcache
         from controlplane.fleet.models import AcceleratorClass, CatalogModel, Deployment, Host, Region
-        from tenants.models import ApiKey, Organization, RegionalQuota, ResidencyPolicy
+        from tenants.models import ApiKey, Organization, QuotaPlan, RegionalQuota, ResidencyPolicy
 
         def global_changed(sender: Any, update_fields: Any = None, **kwargs: Any) -> None:
             if update_fields is not None and set(update_fields) <= {"last_login"}:
@@ -31,7 +31,8 @@ class InferenceConfig(AppConfig):
 
         # weak=False: the receivers are local functions, which a weak reference would let go at once
         global_models: tuple[type[Model], ...] = (
-            CatalogModel, Host, Deployment, Region, AcceleratorClass, PriceBookEntry, FxRate, get_user_model(),
+            CatalogModel, Host, Deployment, Region, AcceleratorClass, PriceBookEntry, FxRate, QuotaPlan,
+            get_user_model(),
         )
         org_models: tuple[type[Model], ...] = (Organization, ApiKey, RegionalQuota, ResidencyPolicy)
         for model in global_models:

@@ -15,11 +15,12 @@ from controlplane.core.models import AuditEvent
 from controlplane.core.regions import REGION_CODES
 from tenants.models import (
     BILLING_CURRENCIES,
+    QUOTA_FIELDS,
     ApiKey,
     Invitation,
     Membership,
     Organization,
-    RegionalQuota,
+    QuotaPlan,
     ResidencyPolicy,
     Role,
     User,
@@ -111,10 +112,31 @@ class ResidencyPolicyUpdateSerializer(StrictInputSerializer):
 
 
 class RegionalQuotaSetSerializer(StrictInputSerializer):
-    requests_per_minute = serializers.IntegerField(min_value=0)
-    tokens_per_minute = serializers.IntegerField(min_value=0)
-    concurrent_requests = serializers.IntegerField(min_value=0)
-    monthly_tokens = serializers.IntegerField(min_value=0)
+    """Overrides of the organisation's plan in one region: a number sets the limit, null returns it to
+    the plan's, an absent field stays as it is (at least one is required)."""
+
+    requests_per_minute = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False, allow_null=True)
+    tokens_per_minute = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False, allow_null=True)
+    concurrent_requests = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False, allow_null=True)
+    monthly_tokens = serializers.IntegerField(min_value=0, max_value=2**63 - 1, required=False, allow_null=True)
+
+
+class QuotaPlanInputSerializer(StrictInputSerializer):
+    name = serializers.CharField(max_length=80)
+    description = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+    requests_per_minute = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    tokens_per_minute = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    concurrent_requests = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    monthly_tokens = serializers.IntegerField(min_value=0, max_value=2**63 - 1)
+    is_default = serializers.BooleanField(required=False, default=False)
+
+
+class QuotaPlanCreateSerializer(QuotaPlanInputSerializer):
+    slug = serializers.SlugField(max_length=40)
+
+
+class OrganizationQuotaPlanSetSerializer(StrictInputSerializer):
+    plan = serializers.SlugField(max_length=40, allow_null=True, help_text="a plan's slug; null: the default plan")
 
 
 class OrganizationStatusChangeSerializer(StrictInputSerializer):
@@ -253,20 +275,44 @@ class ResidencyPolicySerializer(serializers.ModelSerializer[ResidencyPolicy]):
         read_only_fields = fields
 
 
-class RegionalQuotaSerializer(serializers.ModelSerializer[RegionalQuota]):
-    region = serializers.ChoiceField(choices=REGION_CODES, read_only=True)
+class RegionalQuotaSerializer(serializers.Serializer):  # type: ignore[type-arg]  # drf-stubs: generic over the instance
+    """The limits in force in one region: the plan's, except those the organisation overrides there."""
 
+    region = serializers.ChoiceField(choices=REGION_CODES, read_only=True)
+    plan = serializers.CharField(read_only=True, help_text="the organisation's quota plan")
+    requests_per_minute = serializers.IntegerField(read_only=True)
+    tokens_per_minute = serializers.IntegerField(read_only=True)
+    concurrent_requests = serializers.IntegerField(read_only=True)
+    monthly_tokens = serializers.IntegerField(read_only=True)
+    overridden = serializers.ListField(
+        child=serializers.ChoiceField(choices=QUOTA_FIELDS),
+        read_only=True,
+        help_text="limits set for this organisation in this region; the others are the plan's",
+    )
+    updated_at = serializers.DateTimeField(read_only=True, allow_null=True)
+
+
+class QuotaPlanSerializer(serializers.ModelSerializer[QuotaPlan]):
     class Meta:
-        model = RegionalQuota
+        model = QuotaPlan
         fields = (
-            "region",
+            "slug",
+            "name",
+            "description",
             "requests_per_minute",
             "tokens_per_minute",
             "concurrent_requests",
             "monthly_tokens",
+            "is_default",
             "updated_at",
         )
         read_only_fields = fields
+
+
+class OrganizationQuotaPlanSerializer(serializers.Serializer):  # type: ignore[type-arg]  # drf-stubs: generic over the instance
+    organization = serializers.CharField(source="slug", read_only=True)
+    plan = serializers.CharField(read_only=True, help_text="the plan in force (the default when none is named)")
+    plan_named = serializers.BooleanField(read_only=True, help_text="false: the organisation follows the default plan")
 
 
 class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):

@@ -39,4 +39,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("ops/orgs/<slug:org>/suspend", views.OpsOrganizationSuspendView.as_view(), name="ops-org-suspend"),
     path("ops/orgs/<slug:org>/reinstate", views.OpsOrganizationReinstateView.as_view(), name="ops-org-reinstate"),
     path("ops/orgs/<slug:org>/quotas/<str:region>", views.OpsRegionalQuotaView.as_view(), name="ops-org-quota"),
+    path("ops/orgs/<slug:org>/quota-plan", views.OpsOrganizationQuotaPlanView.as_view(), name="ops-org-quota-plan"),
+    path("ops/quota-plans", views.OpsQuotaPlanListView.as_view(), name="ops-quota-plan-list"),
+    path("ops/quota-plans/<slug:plan>", views.OpsQuotaPlanDetailView.as_view(), name="ops-quota-plan-detail"),
 ]

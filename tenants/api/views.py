@@ -20,13 +20,22 @@ from rest_framework.views import APIView
 from controlplane.core.api.pagination import RegionCursorPagination
 from controlplane.core.api.serializers import StrictInputSerializer
 from controlplane.core.api.views import OperatorAPIView
-from controlplane.core.errors import PermissionDenied
+from controlplane.core.errors import Conflict, PermissionDenied
 from controlplane.core.models import AuditEvent
 from tenants import selectors, services
 from tenants.api import serializers as s
 from tenants.api.base import OrgScopedAPIView, actor_from_request
 from tenants.authentication import CsrfSessionAuthentication
-from tenants.models import ApiKey, Invitation, Membership, Organization, RegionalQuota, ResidencyPolicy, User
+from tenants.models import (
+    ApiKey,
+    Invitation,
+    Membership,
+    Organization,
+    QuotaPlan,
+    RegionalQuota,
+    ResidencyPolicy,
+    User,
+)
 from tenants.scopes import Scope
 
 _NO_CONTENT = OpenApiResponse(description="Done; no body.")
@@ -401,8 +410,10 @@ class RegionalQuotaListView(OrgScopedAPIView):
 
     @extend_schema(operation_id="orgs_quotas_list", responses=s.RegionalQuotaSerializer(many=True), tags=["quotas"])
     def get(self, request: Request, org: str) -> Response:
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(s.RegionalQuotaSerializer(page, many=True).data)
+        page = self.paginate_queryset(self.get_queryset()) or []
+        plan = selectors.quota_plan_of(organization=self.organization)
+        limits = [selectors.quota_effective(row, region=row.region, plan=plan) for row in page]
+        return self.get_paginated_response(s.RegionalQuotaSerializer(limits, many=True).data)
 
 
 class RegionalQuotaDetailView(OrgScopedAPIView):
@@ -415,7 +426,9 @@ class RegionalQuotaDetailView(OrgScopedAPIView):
 
     @extend_schema(responses=s.RegionalQuotaSerializer, tags=["quotas"])
     def get(self, request: Request, org: str, region: str) -> Response:
-        return Response(s.RegionalQuotaSerializer(cast(RegionalQuota, self.get_object())).data)
+        row = cast(RegionalQuota, self.get_object())
+        plan = selectors.quota_plan_of(organization=self.organization)
+        return Response(s.RegionalQuotaSerializer(selectors.quota_effective(row, region=row.region, plan=plan)).data)
 
 
 class AuditEventListView(OrgScopedAPIView):
@@ -497,14 +510,77 @@ class OpsRegionalQuotaView(OperatorAPIView):
     @extend_schema(operation_id="ops_orgs_quotas_retrieve", responses=s.RegionalQuotaSerializer, tags=["ops"])
     def get(self, request: Request, org: str, region: str) -> Response:
         organization = selectors.organization_get(slug=org)
-        quota = selectors.regional_quota_get(organization=organization, region=region)
-        return Response(s.RegionalQuotaSerializer(quota).data)
+        selectors.regional_quota_get(organization=organization, region=region)  # 404 for an unknown region
+        limits = selectors.regional_quota_effective(organization=organization, region=region)
+        return Response(s.RegionalQuotaSerializer(limits).data)
 
     @extend_schema(request=s.RegionalQuotaSetSerializer, responses=s.RegionalQuotaSerializer, tags=["ops"])
     def put(self, request: Request, org: str, region: str) -> Response:
         organization = selectors.organization_get(slug=org)
         data = _parse(s.RegionalQuotaSetSerializer, request)
-        quota = services.regional_quota_set(
-            actor=actor_from_request(request), organization=organization, region=region, **data
+        services.regional_quota_set(actor=actor_from_request(request), organization=organization, region=region, **data)
+        limits = selectors.regional_quota_effective(organization=organization, region=region)
+        return Response(s.RegionalQuotaSerializer(limits).data)
+
+
+class OpsQuotaPlanListView(OperatorAPIView):
+    serializer_class = s.QuotaPlanSerializer
+    pagination_class = None  # a handful of tiers
+
+    def get_queryset(self) -> QuerySet[QuotaPlan]:
+        return selectors.quota_plan_list()
+
+    @extend_schema(operation_id="ops_quota_plans_list", responses=s.QuotaPlanSerializer(many=True), tags=["ops"])
+    def get(self, request: Request) -> Response:
+        return Response(s.QuotaPlanSerializer(self.get_queryset(), many=True).data)
+
+    @extend_schema(request=s.QuotaPlanCreateSerializer, responses={201: s.QuotaPlanSerializer}, tags=["ops"])
+    def post(self, request: Request) -> Response:
+        data = _parse(s.QuotaPlanCreateSerializer, request)
+        if selectors.quota_plan_list().filter(slug=data["slug"]).exists():
+            raise Conflict("A quota plan with this slug exists: change it with PUT.", code="quota_plan_exists")
+        plan = services.quota_plan_save(actor=actor_from_request(request), **data)
+        return Response(s.QuotaPlanSerializer(plan).data, status=status.HTTP_201_CREATED)
+
+
+class OpsQuotaPlanDetailView(OperatorAPIView):
+    serializer_class = s.QuotaPlanSerializer
+
+    @extend_schema(operation_id="ops_quota_plans_retrieve", responses=s.QuotaPlanSerializer, tags=["ops"])
+    def get(self, request: Request, plan: str) -> Response:
+        return Response(s.QuotaPlanSerializer(selectors.quota_plan_get(slug=plan)).data)
+
+    @extend_schema(request=s.QuotaPlanInputSerializer, responses=s.QuotaPlanSerializer, tags=["ops"])
+    def put(self, request: Request, plan: str) -> Response:
+        selectors.quota_plan_get(slug=plan)
+        data = _parse(s.QuotaPlanInputSerializer, request)
+        saved = services.quota_plan_save(actor=actor_from_request(request), slug=plan, **data)
+        return Response(s.QuotaPlanSerializer(saved).data)
+
+
+def _organization_plan(organization: Organization) -> dict[str, Any]:
+    plan = selectors.quota_plan_of(organization=organization)
+    return {"slug": organization.slug, "plan": plan.slug, "plan_named": organization.quota_plan_id is not None}
+
+
+class OpsOrganizationQuotaPlanView(OperatorAPIView):
+    serializer_class = s.OrganizationQuotaPlanSerializer
+
+    @extend_schema(
+        operation_id="ops_orgs_quota_plan_retrieve", responses=s.OrganizationQuotaPlanSerializer, tags=["ops"]
+    )
+    def get(self, request: Request, org: str) -> Response:
+        organization = selectors.organization_get(slug=org)
+        return Response(s.OrganizationQuotaPlanSerializer(_organization_plan(organization)).data)
+
+    @extend_schema(
+        request=s.OrganizationQuotaPlanSetSerializer, responses=s.OrganizationQuotaPlanSerializer, tags=["ops"]
+    )
+    def put(self, request: Request, org: str) -> Response:
+        organization = selectors.organization_get(slug=org)
+        data = _parse(s.OrganizationQuotaPlanSetSerializer, request)
+        plan = selectors.quota_plan_get(slug=data["plan"]) if data["plan"] is not None else None
+        changed = services.organization_quota_plan_set(
+            actor=actor_from_request(request), organization=organization, plan=plan
         )
-        return Response(s.RegionalQuotaSerializer(quota).data)
+        return Response(s.OrganizationQuotaPlanSerializer(_organization_plan(changed)).data)

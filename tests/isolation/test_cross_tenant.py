@@ -27,7 +27,7 @@ from controlplane.fleet.models import AcceleratorClass, Host, Region
 from controlplane.inference.models import InferenceRequest
 from tenants.api.base import OrgScopedAPIView
 from tenants.models import ApiKey, Invitation, Membership, Organization, Role
-from tenants.services import invitation_create, residency_policy_update
+from tenants.services import invitation_create, quota_plans_seed, residency_policy_update
 from tests.factories import (
     key_client,
     make_api_key,
@@ -317,7 +317,8 @@ def _host() -> Host:
 @pytest.mark.parametrize(("pattern", "method"), _operator_cases())
 def test_operator_routes_refuse_customers(tenants: tuple[Tenant, Tenant], pattern: str, method: str) -> None:
     a, b = tenants
-    values = {"org": b.org.slug, "region": "dxb", "host_id": str(_host().pk)}
+    quota_plans_seed(actor=Actor.system("tests"))  # a transactional test before may have emptied them
+    values = {"org": b.org.slug, "region": "dxb", "host_id": str(_host().pk), "plan": "standard"}
     url = "/" + re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values[m.group(1)], pattern)
     for client in (a.owner_session, a.owner_key, b.owner_key):
         response = _call(client, method, url, {})

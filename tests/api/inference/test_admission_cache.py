@@ -71,8 +71,8 @@ def test_a_warm_admission_reads_only_what_changes_with_every_request(gulf: Custo
     warm = _central_queries(gulf)
     assert len(warm) == WARM_CENTRAL_QUERIES, "\n".join(warm)
     assert len(cold) > len(warm)  # positive control: the first one loaded the cached rows
-    for table in ("fleet_catalogmodel", "tenants_residencypolicy", "tenants_regionalquota", "fleet_host",
-                  "billing_pricebookentry", "billing_fxrate"):  # fmt: skip
+    for table in ("fleet_catalogmodel", "tenants_residencypolicy", "tenants_regionalquota", "tenants_quotaplan",
+                  "fleet_host", "billing_pricebookentry", "billing_fxrate"):  # fmt: skip
         assert any(table in q for q in cold), table
         assert not any(f'FROM "{table}"' in q for q in warm), table
 
