@@ -188,17 +188,31 @@ class PerfEstimate:
 
 
 def perf_estimate(
-    *, accelerator: AcceleratorSpec, accelerator_count: int, model: ModelSpec, slots: int
+    *,
+    accelerator: AcceleratorSpec,
+    accelerator_count: int,
+    model: ModelSpec,
+    slots: int,
+    compute_utilisation: float = COMPUTE_UTILISATION,
+    bandwidth_utilisation: float = BANDWIDTH_UTILISATION,
+    min_devices_per_replica: int = 1,
 ) -> PerfEstimate:
     """Roofline estimate of a host with ``accelerator_count`` devices serving ``model`` with ``slots``
-    sequences in its decode batch (see the module docstring for every assumption)."""
+    sequences in its decode batch (see the module docstring for every assumption). The utilisations
+    default to the stated assumptions; the simulator passes the MLPerf-calibrated ones (calibration.py).
+    ``min_devices_per_replica`` splits a replica over more devices than its weights need (room for
+    the KV cache: the simulator's instances are one replica each)."""
     if accelerator_count < 1 or slots < 1:
         raise ValueError("accelerator_count and slots must be positive")
+    if min_devices_per_replica < 1:
+        raise ValueError("min_devices_per_replica must be positive")
+    if not (0 < compute_utilisation <= 1 and 0 < bandwidth_utilisation <= 1):
+        raise ValueError("utilisations must be in (0, 1]")
     device_memory = accelerator.memory_bytes
     devices_per_replica = 0
     replicas = 0
     if device_memory is not None and device_memory > 0:
-        needed = max(1, math.ceil(model.weight_bytes / device_memory))
+        needed = max(min_devices_per_replica, math.ceil(model.weight_bytes / device_memory))
         if needed <= accelerator_count:
             devices_per_replica, replicas = needed, accelerator_count // needed
     fits = replicas >= 1
@@ -214,14 +228,14 @@ def perf_estimate(
     flops_per_token = FLOPS_PER_PARAMETER_PER_TOKEN * model.parameters
     prefill = host_prefill = decode = host_decode = None
     if fits and peak is not None:
-        replica_ops = devices_per_replica * peak * COMPUTE_UTILISATION
+        replica_ops = devices_per_replica * peak * compute_utilisation
         prefill = replica_ops / flops_per_token
         host_prefill = prefill * replicas
         bandwidth = _positive(accelerator.memory_bandwidth_gbps)
         if bandwidth is not None:
             # The busiest replica decides the step time; every sequence gains one token per step.
             batch_per_replica = math.ceil(slots / replicas)
-            memory_time = model.weight_bytes / (devices_per_replica * bandwidth * _GIGA * BANDWIDTH_UTILISATION)
+            memory_time = model.weight_bytes / (devices_per_replica * bandwidth * _GIGA * bandwidth_utilisation)
             compute_time = batch_per_replica * flops_per_token / replica_ops
             step = max(memory_time, compute_time)
             decode = 1 / step
