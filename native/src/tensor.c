@@ -1,6 +1,6 @@
-/* tensor.c: tensor types (F32, F16, BF16, Q8_0, Q4_0, Q4_1), dequantisation, activation
- * quantisation and the dot-product kernels, in portable C and in AVX2 / AVX-512 VNNI variants
- * picked at run time (the build needs no -march). */
+/* tensor.c: tensor types (F32, F16, BF16, Q8_0, Q4_0, Q4_1 and the K-quants Q4_K, Q5_K, Q6_K),
+ * dequantisation, activation quantisation and the dot-product kernels, in portable C and in AVX2 /
+ * AVX-512 VNNI variants picked at run time (the build needs no -march). */
 #include "internal.h"
 
 #include <math.h>
@@ -27,6 +27,26 @@ typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;                   /* x
 _Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
 _Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
 _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
+
+/* K-quants: super-blocks of 256 elements. Q4_K and Q5_K split theirs into eight sub-blocks of 32,
+ * each with a 6-bit scale and a 6-bit min (x = d * scale * q - dmin * min), packed in 12 bytes as
+ * k_scales_mins() unpacks them. Q6_K has sixteen sub-blocks of 16 with signed 8-bit scales
+ * (x = d * scale * (q - 32)). Each 32 bytes of Q4_K/Q5_K nibbles hold two sub-blocks: the low
+ * nibbles the first, the high nibbles the second; Q5_K's fifth bit of element l in sub-block j is
+ * bit j of qh[l]. Q6_K's elements come in two halves of 128: in half h, element 32s + l (s < 4)
+ * has its low four bits in ql[64h + 32(s & 1) + l] (low nibble for s < 2, high for s >= 2) and
+ * its top two in bits 2s, 2s + 1 of qh[32h + l]. Activations stay in sov_q8_block's blocks of 32,
+ * which line up with the sub-blocks (a Q6_K pair of sub-blocks shares one), so one activation
+ * quantisation serves every weight type of a matmul. */
+#define QK_K 256
+
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_k;
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_k;
+typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; } block_q6_k;
+
+_Static_assert(sizeof(block_q4_k) == 144, "Q4_K block is 144 bytes");
+_Static_assert(sizeof(block_q5_k) == 176, "Q5_K block is 176 bytes");
+_Static_assert(sizeof(block_q6_k) == 210, "Q6_K block is 210 bytes");
 
 /* ---------------------------------------------------------------------------------------
  * Scalar conversions
@@ -66,6 +86,7 @@ uint32_t sov_type_block_elems(uint32_t type) {
     switch (type) {
     case SOV_TYPE_F32: case SOV_TYPE_F16: case SOV_TYPE_BF16: return 1;
     case SOV_TYPE_Q4_0: case SOV_TYPE_Q4_1: case SOV_TYPE_Q8_0: return QK;
+    case SOV_TYPE_Q4_K: case SOV_TYPE_Q5_K: case SOV_TYPE_Q6_K: return QK_K;
     default: return 0;
     }
 }
@@ -77,6 +98,9 @@ uint32_t sov_type_block_bytes(uint32_t type) {
     case SOV_TYPE_Q4_0: return sizeof(block_q4_0);
     case SOV_TYPE_Q4_1: return sizeof(block_q4_1);
     case SOV_TYPE_Q8_0: return sizeof(block_q8_0);
+    case SOV_TYPE_Q4_K: return sizeof(block_q4_k);
+    case SOV_TYPE_Q5_K: return sizeof(block_q5_k);
+    case SOV_TYPE_Q6_K: return sizeof(block_q6_k);
     default: return 0;
     }
 }
@@ -89,6 +113,9 @@ const char *sov_tensor_type_name(uint32_t type) {
     case SOV_TYPE_Q4_0: return "Q4_0";
     case SOV_TYPE_Q4_1: return "Q4_1";
     case SOV_TYPE_Q8_0: return "Q8_0";
+    case SOV_TYPE_Q4_K: return "Q4_K";
+    case SOV_TYPE_Q5_K: return "Q5_K";
+    case SOV_TYPE_Q6_K: return "Q6_K";
     default: return NULL;
     }
 }
@@ -102,7 +129,22 @@ sov_status sov_tensor_row_size(uint32_t type, uint64_t n, uint64_t *bytes) {
 }
 
 bool sov_type_uses_q8(uint32_t type) {
-    return type == SOV_TYPE_Q4_0 || type == SOV_TYPE_Q4_1 || type == SOV_TYPE_Q8_0;
+    switch (type) {
+    case SOV_TYPE_Q4_0: case SOV_TYPE_Q4_1: case SOV_TYPE_Q8_0: case SOV_TYPE_Q4_K: case SOV_TYPE_Q5_K: case SOV_TYPE_Q6_K: return true;
+    default: return false;
+    }
+}
+
+/* The eight 6-bit scales and mins of a Q4_K or Q5_K super-block: sub-blocks 0-3 in the low six
+ * bits of bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 in the nibbles of bytes 8-11, with
+ * their top two bits in the top bits of bytes 0-7. */
+static void k_scales_mins(const uint8_t *s, uint8_t sc[8], uint8_t m[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 0x0f) | ((s[j] >> 6) << 4));
+        m[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+    }
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -147,6 +189,41 @@ sov_status sov_tensor_dequantize(uint32_t type, const void *src, float *dst, uin
             for (int j = 0; j < QK; j++) dst[b * QK + j] = d * (float)blk->qs[j];
         }
         break;
+    case SOV_TYPE_Q4_K: case SOV_TYPE_Q5_K:
+        for (uint64_t b = 0; b < n / QK_K; b++) {
+            const uint8_t *blk = p + b * sov_type_block_bytes(type);
+            /* the two types share the header; Q5_K has qh before its nibbles */
+            const uint8_t *qh = type == SOV_TYPE_Q5_K ? ((const block_q5_k *)blk)->qh : NULL;
+            const uint8_t *qs = type == SOV_TYPE_Q5_K ? ((const block_q5_k *)blk)->qs : ((const block_q4_k *)blk)->qs;
+            float d = sov_fp16_to_fp32(load_u16(blk)), dmin = sov_fp16_to_fp32(load_u16(blk + 2));
+            uint8_t sc[8], m[8];
+            k_scales_mins(blk + 4, sc, m);
+            float *out = dst + b * QK_K;
+            for (int j = 0; j < 8; j++) {
+                float ds = d * (float)sc[j], dm = dmin * (float)m[j];
+                for (int l = 0; l < 32; l++) {
+                    int q = (qs[32 * (j / 2) + l] >> (4 * (j & 1))) & 0x0f;
+                    if (qh) q |= ((qh[l] >> j) & 1) << 4;
+                    float v = ds * (float)q;
+                    out[32 * j + l] = v - dm;
+                }
+            }
+        }
+        break;
+    case SOV_TYPE_Q6_K:
+        for (uint64_t b = 0; b < n / QK_K; b++) {
+            const block_q6_k *blk = (const block_q6_k *)(p + b * sizeof(block_q6_k));
+            float d = sov_fp16_to_fp32(load_u16(&blk->d));
+            float *out = dst + b * QK_K;
+            for (int e = 0; e < QK_K; e++) {
+                int h = e / 128, s = (e % 128) / 32, l = e % 32;
+                int lo = (blk->ql[64 * h + 32 * (s & 1) + l] >> (4 * (s >> 1))) & 0x0f;
+                int hi = (blk->qh[32 * h + l] >> (2 * s)) & 3;
+                float ds = d * (float)blk->scales[e / 16];
+                out[e] = ds * (float)((lo | (hi << 4)) - 32);
+            }
+        }
+        break;
     default: break;
     }
     return SOV_OK;
@@ -175,11 +252,18 @@ bool sov_tensor_all_finite(uint32_t type, const void *data, uint64_t n) {
         for (uint64_t b = 0; b < n / QK; b++) if (!fp16_finite(load_u16(p + b * bb))) return false;
         return true;
     }
-    case SOV_TYPE_Q4_1:
-        for (uint64_t b = 0; b < n / QK; b++) {
-            const uint8_t *blk = p + b * sizeof(block_q4_1);
+    case SOV_TYPE_Q4_1: case SOV_TYPE_Q4_K: case SOV_TYPE_Q5_K: {
+        /* d and m (or dmin) lead the block */
+        uint32_t be = sov_type_block_elems(type), bb = sov_type_block_bytes(type);
+        for (uint64_t b = 0; b < n / be; b++) {
+            const uint8_t *blk = p + b * bb;
             if (!fp16_finite(load_u16(blk)) || !fp16_finite(load_u16(blk + 2))) return false;
         }
+        return true;
+    }
+    case SOV_TYPE_Q6_K:
+        for (uint64_t b = 0; b < n / QK_K; b++)
+            if (!fp16_finite(load_u16(p + b * sizeof(block_q6_k) + offsetof(block_q6_k, d)))) return false;
         return true;
     default: return false;
     }
@@ -387,6 +471,81 @@ static float dot_q8_0_scalar(const void *w, const sov_q8_block *x, uint64_t nb) 
     return hsum8(acc);
 }
 
+/* K-quants. Every sub-block of 32 meets one activation block and is summed in lanes of four
+ * elements, as a 256-bit integer dot product does; its float scale is (d * scale) * activation d,
+ * rounded in that order by every kernel set. */
+static float dot_q4_k_scalar(const void *w, const sov_q8_block *x, uint64_t nb) {
+    const block_q4_k *a = w;
+    float acc[8] = {0}, mins = 0.0f;
+    uint8_t sc[8], m[8];
+    for (uint64_t i = 0; i < nb / 8; i++) {
+        const sov_q8_block *xb = x + 8 * i;
+        float d = sov_fp16_to_fp32(load_u16(&a[i].d)), dmin = sov_fp16_to_fp32(load_u16(&a[i].dmin));
+        k_scales_mins(a[i].scales, sc, m);
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *qs = a[i].qs + 32 * (j / 2);
+            int shift = 4 * (j & 1);
+            float scale = d * (float)sc[j] * xb[j].d;
+            for (int l = 0; l < 8; l++) {
+                int32_t sum = 0;
+                for (int k = 4 * l; k < 4 * l + 4; k++) sum += ((qs[k] >> shift) & 0x0f) * xb[j].q[k];
+                acc[l] = fmaf(scale, (float)sum, acc[l]);
+            }
+            float min = dmin * (float)m[j] * xb[j].s;
+            mins += min;
+        }
+    }
+    return hsum8(acc) - mins;
+}
+
+static float dot_q5_k_scalar(const void *w, const sov_q8_block *x, uint64_t nb) {
+    const block_q5_k *a = w;
+    float acc[8] = {0}, mins = 0.0f;
+    uint8_t sc[8], m[8];
+    for (uint64_t i = 0; i < nb / 8; i++) {
+        const sov_q8_block *xb = x + 8 * i;
+        float d = sov_fp16_to_fp32(load_u16(&a[i].d)), dmin = sov_fp16_to_fp32(load_u16(&a[i].dmin));
+        k_scales_mins(a[i].scales, sc, m);
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *qs = a[i].qs + 32 * (j / 2);
+            int shift = 4 * (j & 1);
+            float scale = d * (float)sc[j] * xb[j].d;
+            for (int l = 0; l < 8; l++) {
+                int32_t sum = 0;
+                for (int k = 4 * l; k < 4 * l + 4; k++) sum += (((qs[k] >> shift) & 0x0f) | (((a[i].qh[k] >> j) & 1) << 4)) * xb[j].q[k];
+                acc[l] = fmaf(scale, (float)sum, acc[l]);
+            }
+            float min = dmin * (float)m[j] * xb[j].s;
+            mins += min;
+        }
+    }
+    return hsum8(acc) - mins;
+}
+
+/* Q6_K: activation block 4h + s holds two sub-blocks of 16, lanes 0-3 and lanes 4-7. */
+static float dot_q6_k_scalar(const void *w, const sov_q8_block *x, uint64_t nb) {
+    const block_q6_k *a = w;
+    float acc[8] = {0};
+    for (uint64_t i = 0; i < nb / 8; i++) {
+        float d = sov_fp16_to_fp32(load_u16(&a[i].d));
+        for (int j = 0; j < 8; j++) {
+            const sov_q8_block *xb = x + 8 * i + j;
+            int h = j / 4, s = j % 4;
+            const uint8_t *ql = a[i].ql + 64 * h + 32 * (s & 1), *qh = a[i].qh + 32 * h;
+            float scale[2] = {d * (float)a[i].scales[2 * j] * xb->d, d * (float)a[i].scales[2 * j + 1] * xb->d};
+            for (int l = 0; l < 8; l++) {
+                int32_t sum = 0;
+                for (int k = 4 * l; k < 4 * l + 4; k++) {
+                    int q = (((ql[k] >> (4 * (s >> 1))) & 0x0f) | (((qh[k] >> (2 * s)) & 3) << 4)) - 32;
+                    sum += q * xb->q[k];
+                }
+                acc[l] = fmaf(scale[l / 4], (float)sum, acc[l]);
+            }
+        }
+    }
+    return hsum8(acc);
+}
+
 /* ---------------------------------------------------------------------------------------
  * Dot products, AVX2 + FMA (and AVX-512 VNNI for the integer products)
  * ------------------------------------------------------------------------------------- */
@@ -492,6 +651,97 @@ VNNI_TARGET static inline __m256i dot_u8s8_vnni(__m256i u, __m256i s) {
 
 DEFINE_Q_DOTS(avx2, AVX2_TARGET, dot_u8s8_avx2)
 DEFINE_Q_DOTS(vnni, VNNI_TARGET, dot_u8s8_vnni)
+
+/* K-quant kernels: one integer product per sub-block of 32 (and its activation block), scaled in
+ * float as the scalar kernels do. */
+#define K_SUBBLOCK(DOT_U8S8, Q, XB, SCALE)                                                                            \
+    acc = _mm256_fmadd_ps(SCALE, _mm256_cvtepi32_ps(DOT_U8S8(Q, _mm256_loadu_si256((const __m256i *)(XB)->q))), acc)
+
+#define DEFINE_K_DOTS(SUFFIX, TARGET, DOT_U8S8_K)                                                                 \
+    TARGET static float dot_q4_k_##SUFFIX(const void *w, const sov_q8_block *x, uint64_t nb) {                     \
+        const block_q4_k *a = w;                                                                                     \
+        const __m256i low4 = _mm256_set1_epi8(0x0f);                                                                \
+        __m256 acc = _mm256_setzero_ps();                                                                            \
+        float mins = 0.0f;                                                                                           \
+        uint8_t sc[8], m[8];                                                                                         \
+        for (uint64_t i = 0; i < nb / 8; i++) {                                                                      \
+            const sov_q8_block *xb = x + 8 * i;                                                                      \
+            float d = _cvtsh_ss(a[i].d), dmin = _cvtsh_ss(a[i].dmin);                                                \
+            k_scales_mins(a[i].scales, sc, m);                                                                       \
+            for (int c = 0; c < 4; c++) {                                                                            \
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));                              \
+                K_SUBBLOCK(DOT_U8S8_K, _mm256_and_si256(raw, low4), xb + 2 * c, _mm256_set1_ps(d * (float)sc[2 * c] * xb[2 * c].d)); \
+                K_SUBBLOCK(DOT_U8S8_K, _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), xb + 2 * c + 1,                        \
+                           _mm256_set1_ps(d * (float)sc[2 * c + 1] * xb[2 * c + 1].d));                             \
+            }                                                                                                        \
+            for (int j = 0; j < 8; j++) {                                                                            \
+                float min = dmin * (float)m[j] * xb[j].s;                                                            \
+                mins += min;                                                                                         \
+            }                                                                                                        \
+        }                                                                                                            \
+        return hsum_avx2(acc) - mins;                                                                                \
+    }                                                                                                                \
+    TARGET static float dot_q5_k_##SUFFIX(const void *w, const sov_q8_block *x, uint64_t nb) {                     \
+        const block_q5_k *a = w;                                                                                     \
+        const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);                                     \
+        __m256 acc = _mm256_setzero_ps();                                                                            \
+        float mins = 0.0f;                                                                                           \
+        uint8_t sc[8], m[8];                                                                                         \
+        for (uint64_t i = 0; i < nb / 8; i++) {                                                                      \
+            const sov_q8_block *xb = x + 8 * i;                                                                      \
+            float d = _cvtsh_ss(a[i].d), dmin = _cvtsh_ss(a[i].dmin);                                                \
+            k_scales_mins(a[i].scales, sc, m);                                                                       \
+            /* bit j of every qh byte, brought down to bit 0 one sub-block at a time (16-bit shifts by \
+             * under 8 never move a bit across bytes into bit 0) */                                             \
+            __m256i qh = _mm256_loadu_si256((const __m256i *)a[i].qh);                                              \
+            for (int c = 0; c < 4; c++) {                                                                            \
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));                              \
+                __m256i lo = _mm256_or_si256(_mm256_and_si256(raw, low4), _mm256_slli_epi16(_mm256_and_si256(qh, one), 4)); \
+                qh = _mm256_srli_epi16(qh, 1);                                                                       \
+                __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4),                      \
+                                             _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));                       \
+                qh = _mm256_srli_epi16(qh, 1);                                                                       \
+                K_SUBBLOCK(DOT_U8S8_K, lo, xb + 2 * c, _mm256_set1_ps(d * (float)sc[2 * c] * xb[2 * c].d));                    \
+                K_SUBBLOCK(DOT_U8S8_K, hi, xb + 2 * c + 1, _mm256_set1_ps(d * (float)sc[2 * c + 1] * xb[2 * c + 1].d));        \
+            }                                                                                                        \
+            for (int j = 0; j < 8; j++) {                                                                            \
+                float min = dmin * (float)m[j] * xb[j].s;                                                            \
+                mins += min;                                                                                         \
+            }                                                                                                        \
+        }                                                                                                            \
+        return hsum_avx2(acc) - mins;                                                                                \
+    }                                                                                                                \
+    TARGET static float dot_q6_k_##SUFFIX(const void *w, const sov_q8_block *x, uint64_t nb) {                     \
+        const block_q6_k *a = w;                                                                                     \
+        const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(3), bias = _mm256_set1_epi8(32);       \
+        __m256 acc = _mm256_setzero_ps();                                                                            \
+        for (uint64_t i = 0; i < nb / 8; i++) {                                                                      \
+            float d = _cvtsh_ss(a[i].d);                                                                             \
+            for (int h = 0; h < 2; h++) {                                                                            \
+                __m256i ql0 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h));                              \
+                __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h + 32));                         \
+                __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * h));                               \
+                __m256i lows[4] = {_mm256_and_si256(ql0, low4), _mm256_and_si256(ql1, low4),                        \
+                                   _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),                               \
+                                   _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4)};                              \
+                for (int s = 0; s < 4; s++) {                                                                        \
+                    int j = 4 * h + s;                                                                               \
+                    const sov_q8_block *xb = x + 8 * i + j;                                                          \
+                    __m256i q = _mm256_sub_epi8(_mm256_or_si256(lows[s], _mm256_slli_epi16(_mm256_and_si256(qh, low2), 4)), bias); \
+                    qh = _mm256_srli_epi16(qh, 2);                                                                   \
+                    /* signed weights: |q| times the activations with q's sign, as for Q8_0 */                    \
+                    __m256i p = DOT_U8S8_K(_mm256_sign_epi8(q, q), _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xb->q), q)); \
+                    __m256 scale = _mm256_set_m128(_mm_set1_ps(d * (float)a[i].scales[2 * j + 1] * xb->d),          \
+                                                   _mm_set1_ps(d * (float)a[i].scales[2 * j] * xb->d));              \
+                    acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc);                                        \
+                }                                                                                                    \
+            }                                                                                                        \
+        }                                                                                                            \
+        return hsum_avx2(acc);                                                                                       \
+    }
+
+DEFINE_K_DOTS(avx2, AVX2_TARGET, dot_u8s8_avx2)
+DEFINE_K_DOTS(vnni, VNNI_TARGET, dot_u8s8_vnni)
 
 /* ---------------------------------------------------------------------------------------
  * Register-blocked Q4_1 x Q8 tile for batched products (prefill, batched decode), AVX-512 VNNI
@@ -631,6 +881,9 @@ static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
         case SOV_TYPE_Q4_0: return dot_q4_0_vnni;
         case SOV_TYPE_Q4_1: return dot_q4_1_vnni;
         case SOV_TYPE_Q8_0: return dot_q8_0_vnni;
+        case SOV_TYPE_Q4_K: return dot_q4_k_vnni;
+        case SOV_TYPE_Q5_K: return dot_q5_k_vnni;
+        case SOV_TYPE_Q6_K: return dot_q6_k_vnni;
         default: return NULL;
         }
     }
@@ -639,6 +892,9 @@ static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
         case SOV_TYPE_Q4_0: return dot_q4_0_avx2;
         case SOV_TYPE_Q4_1: return dot_q4_1_avx2;
         case SOV_TYPE_Q8_0: return dot_q8_0_avx2;
+        case SOV_TYPE_Q4_K: return dot_q4_k_avx2;
+        case SOV_TYPE_Q5_K: return dot_q5_k_avx2;
+        case SOV_TYPE_Q6_K: return dot_q6_k_avx2;
         default: return NULL;
         }
     }
@@ -648,6 +904,9 @@ static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
     case SOV_TYPE_Q4_0: return dot_q4_0_scalar;
     case SOV_TYPE_Q4_1: return dot_q4_1_scalar;
     case SOV_TYPE_Q8_0: return dot_q8_0_scalar;
+    case SOV_TYPE_Q4_K: return dot_q4_k_scalar;
+    case SOV_TYPE_Q5_K: return dot_q5_k_scalar;
+    case SOV_TYPE_Q6_K: return dot_q6_k_scalar;
     default: return NULL;
     }
 }
