@@ -35,9 +35,8 @@ _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
  * nibbles the first, the high nibbles the second; Q5_K's fifth bit of element l in sub-block j is
  * bit j of qh[l]. Q6_K's elements come in two halves of 128: in half h, element 32s + l (s < 4)
  * has its low four bits in ql[64h + 32(s & 1) + l] (low nibble for s < 2, high for s >= 2) and
- * its top two in bits 2s, 2s + 1 of qh[32h + l]. Activations stay in sov_q8_block's blocks of 32,
- * which line up with the sub-blocks (a Q6_K pair of sub-blocks shares one), so one activation
- * quantisation serves every weight type of a matmul. */
+ * its top two in bits 2s, 2s + 1 of qh[32h + l]. Their activations are sov_q8k_block (Q8_K): one
+ * scale per 256, so that a super-block's sub-block products add up in integers. */
 #define QK_K 256
 
 typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_k;
@@ -129,10 +128,11 @@ sov_status sov_tensor_row_size(uint32_t type, uint64_t n, uint64_t *bytes) {
 }
 
 bool sov_type_uses_q8(uint32_t type) {
-    switch (type) {
-    case SOV_TYPE_Q4_0: case SOV_TYPE_Q4_1: case SOV_TYPE_Q8_0: case SOV_TYPE_Q4_K: case SOV_TYPE_Q5_K: case SOV_TYPE_Q6_K: return true;
-    default: return false;
-    }
+    return type == SOV_TYPE_Q4_0 || type == SOV_TYPE_Q4_1 || type == SOV_TYPE_Q8_0;
+}
+
+bool sov_type_uses_q8k(uint32_t type) {
+    return type == SOV_TYPE_Q4_K || type == SOV_TYPE_Q5_K || type == SOV_TYPE_Q6_K;
 }
 
 /* The eight 6-bit scales and mins of a Q4_K or Q5_K super-block: sub-blocks 0-3 in the low six
@@ -370,6 +370,40 @@ void sov_quantize_row_q8(sov_isa isa, const float *x, sov_q8_block *out, uint64_
     quantize_q8_scalar(x, out, n);
 }
 
+/* Q8_K as llama.cpp quantises it: the scale is the signed value of largest magnitude (the first, on a
+ * tie) over -127, so that it maps to -127 exactly; quants round half to even. Portable C only: it
+ * costs O(n) per token against the products' O(n * rows). */
+void sov_quantize_row_q8k(const float *x, sov_q8k_block *out, uint64_t n) {
+    for (uint64_t b = 0; b < n / QK_K; b++) {
+        const float *xb = x + b * QK_K;
+        sov_q8k_block *o = &out[b];
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK_K; j++) {
+            float ax = fabsf(xb[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = xb[j];
+            }
+        }
+        if (amax == 0.0f) {
+            memset(o, 0, sizeof *o);
+            continue;
+        }
+        float iscale = -127.0f / max;
+        for (int j = 0; j < QK_K; j++) {
+            float v = iscale * xb[j];
+            int q = (int)nearbyintf(v);
+            o->q[j] = (int8_t)(q > 127 ? 127 : q);
+        }
+        for (int g = 0; g < QK_K / 16; g++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += o->q[16 * g + j];
+            o->bsums[g] = (int16_t)sum;
+        }
+        o->d = 1.0f / iscale;
+    }
+}
+
 /* ---------------------------------------------------------------------------------------
  * Dot products, portable. They keep eight lanes and fuse multiply-adds exactly as the SIMD
  * kernels do, and sum the lanes in the same tree, so that every kernel set gives the same
@@ -471,77 +505,69 @@ static float dot_q8_0_scalar(const void *w, const sov_q8_block *x, uint64_t nb) 
     return hsum8(acc);
 }
 
-/* K-quants. Every sub-block of 32 meets one activation block and is summed in lanes of four
- * elements, as a 256-bit integer dot product does; its float scale is (d * scale) * activation d,
- * rounded in that order by every kernel set. */
-static float dot_q4_k_scalar(const void *w, const sov_q8_block *x, uint64_t nb) {
-    const block_q4_k *a = w;
+/* K-quants against Q8_K activations. Each sub-block's integer products are summed in lanes of four
+ * elements, as a 256-bit integer dot product does, times the sub-block's scale; the lanes add up in
+ * integers over the super-block, whose float scale d * activation d multiplies them once. */
+static void k_lanes(const uint8_t *q, const int8_t *y, int32_t scale, int32_t *lanes) {
+    for (int l = 0; l < 8; l++) {
+        int32_t sum = 0;
+        for (int k = 4 * l; k < 4 * l + 4; k++) sum += q[k] * y[k];
+        lanes[l] += scale * sum;
+    }
+}
+
+/* Q4_K and Q5_K: the mins' part is dmin * activation d * sum of min times the sub-block's activation
+ * sum, from the activations' sums of 16. */
+static float dot_q45_k_scalar(const void *w, const sov_q8k_block *x, uint64_t nb, bool five_bits) {
+    const uint8_t *base = w;
+    uint32_t bb = five_bits ? sizeof(block_q5_k) : sizeof(block_q4_k);
     float acc[8] = {0}, mins = 0.0f;
-    uint8_t sc[8], m[8];
-    for (uint64_t i = 0; i < nb / 8; i++) {
-        const sov_q8_block *xb = x + 8 * i;
-        float d = sov_fp16_to_fp32(load_u16(&a[i].d)), dmin = sov_fp16_to_fp32(load_u16(&a[i].dmin));
-        k_scales_mins(a[i].scales, sc, m);
+    uint8_t sc[8], m[8], q[32];
+    for (uint64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = base + i * bb;
+        const uint8_t *qs = five_bits ? ((const block_q5_k *)blk)->qs : ((const block_q4_k *)blk)->qs;
+        const uint8_t *qh = five_bits ? ((const block_q5_k *)blk)->qh : NULL;
+        k_scales_mins(blk + 4, sc, m);
+        int32_t lanes[8] = {0}, summs = 0;
         for (int j = 0; j < 8; j++) {
-            const uint8_t *qs = a[i].qs + 32 * (j / 2);
-            int shift = 4 * (j & 1);
-            float scale = d * (float)sc[j] * xb[j].d;
-            for (int l = 0; l < 8; l++) {
-                int32_t sum = 0;
-                for (int k = 4 * l; k < 4 * l + 4; k++) sum += ((qs[k] >> shift) & 0x0f) * xb[j].q[k];
-                acc[l] = fmaf(scale, (float)sum, acc[l]);
+            for (int k = 0; k < 32; k++) {
+                q[k] = (uint8_t)((qs[32 * (j / 2) + k] >> (4 * (j & 1))) & 0x0f);
+                if (qh) q[k] |= (uint8_t)(((qh[k] >> j) & 1) << 4);
             }
-            float min = dmin * (float)m[j] * xb[j].s;
-            mins += min;
+            k_lanes(q, x[i].q + 32 * j, sc[j], lanes);
+            summs += m[j] * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);
         }
+        float d = sov_fp16_to_fp32(load_u16(blk)) * x[i].d, dmin = sov_fp16_to_fp32(load_u16(blk + 2)) * x[i].d;
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
+        float min = dmin * (float)summs;
+        mins += min;
     }
     return hsum8(acc) - mins;
 }
 
-static float dot_q5_k_scalar(const void *w, const sov_q8_block *x, uint64_t nb) {
-    const block_q5_k *a = w;
-    float acc[8] = {0}, mins = 0.0f;
-    uint8_t sc[8], m[8];
-    for (uint64_t i = 0; i < nb / 8; i++) {
-        const sov_q8_block *xb = x + 8 * i;
-        float d = sov_fp16_to_fp32(load_u16(&a[i].d)), dmin = sov_fp16_to_fp32(load_u16(&a[i].dmin));
-        k_scales_mins(a[i].scales, sc, m);
-        for (int j = 0; j < 8; j++) {
-            const uint8_t *qs = a[i].qs + 32 * (j / 2);
-            int shift = 4 * (j & 1);
-            float scale = d * (float)sc[j] * xb[j].d;
-            for (int l = 0; l < 8; l++) {
-                int32_t sum = 0;
-                for (int k = 4 * l; k < 4 * l + 4; k++) sum += (((qs[k] >> shift) & 0x0f) | (((a[i].qh[k] >> j) & 1) << 4)) * xb[j].q[k];
-                acc[l] = fmaf(scale, (float)sum, acc[l]);
-            }
-            float min = dmin * (float)m[j] * xb[j].s;
-            mins += min;
-        }
-    }
-    return hsum8(acc) - mins;
-}
+static float dot_q4_k_scalar(const void *w, const sov_q8k_block *x, uint64_t nb) { return dot_q45_k_scalar(w, x, nb, false); }
+static float dot_q5_k_scalar(const void *w, const sov_q8k_block *x, uint64_t nb) { return dot_q45_k_scalar(w, x, nb, true); }
 
-/* Q6_K: activation block 4h + s holds two sub-blocks of 16, lanes 0-3 and lanes 4-7. */
-static float dot_q6_k_scalar(const void *w, const sov_q8_block *x, uint64_t nb) {
+/* Q6_K: signed quants; lanes 0-3 of a 32-element chunk are its first sub-block of 16, lanes 4-7 its
+ * second. */
+static float dot_q6_k_scalar(const void *w, const sov_q8k_block *x, uint64_t nb) {
     const block_q6_k *a = w;
     float acc[8] = {0};
-    for (uint64_t i = 0; i < nb / 8; i++) {
-        float d = sov_fp16_to_fp32(load_u16(&a[i].d));
+    for (uint64_t i = 0; i < nb; i++) {
+        int32_t lanes[8] = {0};
         for (int j = 0; j < 8; j++) {
-            const sov_q8_block *xb = x + 8 * i + j;
             int h = j / 4, s = j % 4;
             const uint8_t *ql = a[i].ql + 64 * h + 32 * (s & 1), *qh = a[i].qh + 32 * h;
-            float scale[2] = {d * (float)a[i].scales[2 * j] * xb->d, d * (float)a[i].scales[2 * j + 1] * xb->d};
+            const int8_t *y = x[i].q + 32 * j;
             for (int l = 0; l < 8; l++) {
                 int32_t sum = 0;
-                for (int k = 4 * l; k < 4 * l + 4; k++) {
-                    int q = (((ql[k] >> (4 * (s >> 1))) & 0x0f) | (((qh[k] >> (2 * s)) & 3) << 4)) - 32;
-                    sum += q * xb->q[k];
-                }
-                acc[l] = fmaf(scale[l / 4], (float)sum, acc[l]);
+                for (int k = 4 * l; k < 4 * l + 4; k++)
+                    sum += ((((ql[k] >> (4 * (s >> 1))) & 0x0f) | (((qh[k] >> (2 * s)) & 3) << 4)) - 32) * y[k];
+                lanes[l] += a[i].scales[2 * j + l / 4] * sum;
             }
         }
+        float d = sov_fp16_to_fp32(load_u16(&a[i].d)) * x[i].d;
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
     }
     return hsum8(acc);
 }
@@ -652,71 +678,68 @@ VNNI_TARGET static inline __m256i dot_u8s8_vnni(__m256i u, __m256i s) {
 DEFINE_Q_DOTS(avx2, AVX2_TARGET, dot_u8s8_avx2)
 DEFINE_Q_DOTS(vnni, VNNI_TARGET, dot_u8s8_vnni)
 
-/* K-quant kernels: one integer product per sub-block of 32 (and its activation block), scaled in
- * float as the scalar kernels do. */
-#define K_SUBBLOCK(DOT_U8S8, Q, XB, SCALE)                                                                            \
-    acc = _mm256_fmadd_ps(SCALE, _mm256_cvtepi32_ps(DOT_U8S8(Q, _mm256_loadu_si256((const __m256i *)(XB)->q))), acc)
+/* K-quant kernels against Q8_K. Per sub-block, unsigned quants times activations in 16-bit pairs,
+ * then the pairs times the sub-block's scale summed into 32-bit lanes (exact: a pair is at most
+ * 2 * 63 * 127), so the lanes are the scalar kernels' integers; AVX-512 VNNI fuses the second step. */
+AVX2_TARGET static inline __m256i k_scaled_avx2(__m256i lanes, __m256i q, __m256i y, __m256i scale16) {
+    return _mm256_add_epi32(lanes, _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), scale16));
+}
 
-#define DEFINE_K_DOTS(SUFFIX, TARGET, DOT_U8S8_K)                                                                 \
-    TARGET static float dot_q4_k_##SUFFIX(const void *w, const sov_q8_block *x, uint64_t nb) {                     \
-        const block_q4_k *a = w;                                                                                     \
-        const __m256i low4 = _mm256_set1_epi8(0x0f);                                                                \
-        __m256 acc = _mm256_setzero_ps();                                                                            \
-        float mins = 0.0f;                                                                                           \
-        uint8_t sc[8], m[8];                                                                                         \
-        for (uint64_t i = 0; i < nb / 8; i++) {                                                                      \
-            const sov_q8_block *xb = x + 8 * i;                                                                      \
-            float d = _cvtsh_ss(a[i].d), dmin = _cvtsh_ss(a[i].dmin);                                                \
-            k_scales_mins(a[i].scales, sc, m);                                                                       \
-            for (int c = 0; c < 4; c++) {                                                                            \
-                __m256i raw = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));                              \
-                K_SUBBLOCK(DOT_U8S8_K, _mm256_and_si256(raw, low4), xb + 2 * c, _mm256_set1_ps(d * (float)sc[2 * c] * xb[2 * c].d)); \
-                K_SUBBLOCK(DOT_U8S8_K, _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), xb + 2 * c + 1,                        \
-                           _mm256_set1_ps(d * (float)sc[2 * c + 1] * xb[2 * c + 1].d));                             \
-            }                                                                                                        \
-            for (int j = 0; j < 8; j++) {                                                                            \
-                float min = dmin * (float)m[j] * xb[j].s;                                                            \
-                mins += min;                                                                                         \
-            }                                                                                                        \
-        }                                                                                                            \
-        return hsum_avx2(acc) - mins;                                                                                \
-    }                                                                                                                \
-    TARGET static float dot_q5_k_##SUFFIX(const void *w, const sov_q8_block *x, uint64_t nb) {                     \
-        const block_q5_k *a = w;                                                                                     \
+VNNI_TARGET static inline __m256i k_scaled_vnni(__m256i lanes, __m256i q, __m256i y, __m256i scale16) {
+    return _mm256_dpwssd_epi32(lanes, _mm256_maddubs_epi16(q, y), scale16);
+}
+
+#define DEFINE_K_DOTS(SUFFIX, TARGET, K_SCALED)                                                                   \
+    /* Q4_K (five_bits false) and Q5_K */                                                                          \
+    TARGET static inline float dot_q45_k_##SUFFIX(const void *w, const sov_q8k_block *x, uint64_t nb, bool five_bits) { \
+        const uint8_t *base = w;                                                                                     \
+        uint32_t bb = five_bits ? sizeof(block_q5_k) : sizeof(block_q4_k);                                           \
         const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);                                     \
         __m256 acc = _mm256_setzero_ps();                                                                            \
         float mins = 0.0f;                                                                                           \
         uint8_t sc[8], m[8];                                                                                         \
-        for (uint64_t i = 0; i < nb / 8; i++) {                                                                      \
-            const sov_q8_block *xb = x + 8 * i;                                                                      \
-            float d = _cvtsh_ss(a[i].d), dmin = _cvtsh_ss(a[i].dmin);                                                \
-            k_scales_mins(a[i].scales, sc, m);                                                                       \
-            /* bit j of every qh byte, brought down to bit 0 one sub-block at a time (16-bit shifts by \
-             * under 8 never move a bit across bytes into bit 0) */                                             \
-            __m256i qh = _mm256_loadu_si256((const __m256i *)a[i].qh);                                              \
+        for (uint64_t i = 0; i < nb; i++) {                                                                          \
+            const uint8_t *blk = base + i * bb;                                                                      \
+            const uint8_t *qs = five_bits ? ((const block_q5_k *)blk)->qs : ((const block_q4_k *)blk)->qs;          \
+            k_scales_mins(blk + 4, sc, m);                                                                           \
+            /* Q5_K: bit j of every qh byte, brought down to bit 0 one sub-block at a time (16-bit shifts \
+             * by under 8 never move a bit across bytes into bit 0) */                                          \
+            __m256i qh = five_bits ? _mm256_loadu_si256((const __m256i *)((const block_q5_k *)blk)->qh) : _mm256_setzero_si256(); \
+            __m256i lanes = _mm256_setzero_si256();                                                                  \
+            int32_t summs = 0;                                                                                       \
             for (int c = 0; c < 4; c++) {                                                                            \
-                __m256i raw = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));                              \
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));                                   \
                 __m256i lo = _mm256_or_si256(_mm256_and_si256(raw, low4), _mm256_slli_epi16(_mm256_and_si256(qh, one), 4)); \
                 qh = _mm256_srli_epi16(qh, 1);                                                                       \
                 __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4),                      \
                                              _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));                       \
                 qh = _mm256_srli_epi16(qh, 1);                                                                       \
-                K_SUBBLOCK(DOT_U8S8_K, lo, xb + 2 * c, _mm256_set1_ps(d * (float)sc[2 * c] * xb[2 * c].d));                    \
-                K_SUBBLOCK(DOT_U8S8_K, hi, xb + 2 * c + 1, _mm256_set1_ps(d * (float)sc[2 * c + 1] * xb[2 * c + 1].d));        \
+                lanes = K_SCALED(lanes, lo, _mm256_loadu_si256((const __m256i *)(x[i].q + 64 * c)), _mm256_set1_epi16(sc[2 * c])); \
+                lanes = K_SCALED(lanes, hi, _mm256_loadu_si256((const __m256i *)(x[i].q + 64 * c + 32)),            \
+                                 _mm256_set1_epi16(sc[2 * c + 1]));                                                  \
             }                                                                                                        \
-            for (int j = 0; j < 8; j++) {                                                                            \
-                float min = dmin * (float)m[j] * xb[j].s;                                                            \
-                mins += min;                                                                                         \
-            }                                                                                                        \
+            for (int j = 0; j < 8; j++) summs += m[j] * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);                 \
+            float d = _cvtsh_ss(load_u16(blk)) * x[i].d, dmin = _cvtsh_ss(load_u16(blk + 2)) * x[i].d;              \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);                               \
+            float min = dmin * (float)summs;                                                                         \
+            mins += min;                                                                                             \
         }                                                                                                            \
         return hsum_avx2(acc) - mins;                                                                                \
     }                                                                                                                \
-    TARGET static float dot_q6_k_##SUFFIX(const void *w, const sov_q8_block *x, uint64_t nb) {                     \
+    TARGET static float dot_q4_k_##SUFFIX(const void *w, const sov_q8k_block *x, uint64_t nb) {                    \
+        return dot_q45_k_##SUFFIX(w, x, nb, false);                                                                  \
+    }                                                                                                                \
+    TARGET static float dot_q5_k_##SUFFIX(const void *w, const sov_q8k_block *x, uint64_t nb) {                    \
+        return dot_q45_k_##SUFFIX(w, x, nb, true);                                                                   \
+    }                                                                                                                \
+    /* Q6_K: signed quants, |q| times the activations with q's sign (as for Q8_0); a chunk of 32 has  \
+     * two scales, one per 128-bit half */                                                              \
+    TARGET static float dot_q6_k_##SUFFIX(const void *w, const sov_q8k_block *x, uint64_t nb) {                    \
         const block_q6_k *a = w;                                                                                     \
         const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(3), bias = _mm256_set1_epi8(32);       \
         __m256 acc = _mm256_setzero_ps();                                                                            \
-        for (uint64_t i = 0; i < nb / 8; i++) {                                                                      \
-            float d = _cvtsh_ss(a[i].d);                                                                             \
+        for (uint64_t i = 0; i < nb; i++) {                                                                          \
+            __m256i lanes = _mm256_setzero_si256();                                                                  \
             for (int h = 0; h < 2; h++) {                                                                            \
                 __m256i ql0 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h));                              \
                 __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h + 32));                         \
@@ -726,22 +749,21 @@ DEFINE_Q_DOTS(vnni, VNNI_TARGET, dot_u8s8_vnni)
                                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4)};                              \
                 for (int s = 0; s < 4; s++) {                                                                        \
                     int j = 4 * h + s;                                                                               \
-                    const sov_q8_block *xb = x + 8 * i + j;                                                          \
                     __m256i q = _mm256_sub_epi8(_mm256_or_si256(lows[s], _mm256_slli_epi16(_mm256_and_si256(qh, low2), 4)), bias); \
                     qh = _mm256_srli_epi16(qh, 2);                                                                   \
-                    /* signed weights: |q| times the activations with q's sign, as for Q8_0 */                    \
-                    __m256i p = DOT_U8S8_K(_mm256_sign_epi8(q, q), _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xb->q), q)); \
-                    __m256 scale = _mm256_set_m128(_mm_set1_ps(d * (float)a[i].scales[2 * j + 1] * xb->d),          \
-                                                   _mm_set1_ps(d * (float)a[i].scales[2 * j] * xb->d));              \
-                    acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc);                                        \
+                    __m256i y = _mm256_loadu_si256((const __m256i *)(x[i].q + 32 * j));                             \
+                    __m256i scale = _mm256_set_m128i(_mm_set1_epi16(a[i].scales[2 * j + 1]), _mm_set1_epi16(a[i].scales[2 * j])); \
+                    lanes = K_SCALED(lanes, _mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q), scale);                 \
                 }                                                                                                    \
             }                                                                                                        \
+            float d = _cvtsh_ss(load_u16(&a[i].d)) * x[i].d;                                                         \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);                               \
         }                                                                                                            \
         return hsum_avx2(acc);                                                                                       \
     }
 
-DEFINE_K_DOTS(avx2, AVX2_TARGET, dot_u8s8_avx2)
-DEFINE_K_DOTS(vnni, VNNI_TARGET, dot_u8s8_vnni)
+DEFINE_K_DOTS(avx2, AVX2_TARGET, k_scaled_avx2)
+DEFINE_K_DOTS(vnni, VNNI_TARGET, k_scaled_vnni)
 
 /* ---------------------------------------------------------------------------------------
  * Register-blocked Q4_1 x Q8 tile for batched products (prefill, batched decode), AVX-512 VNNI
@@ -853,6 +875,7 @@ void sov_axpy_f32(sov_isa isa, float alpha, const float *x, float *y, uint64_t n
 
 typedef float (*dot_float_fn)(const void *w, const float *x, uint64_t n);
 typedef float (*dot_q8_fn)(const void *w, const sov_q8_block *x, uint64_t nb);
+typedef float (*dot_q8k_fn)(const void *w, const sov_q8k_block *x, uint64_t nb);
 
 static dot_float_fn pick_float_dot(sov_isa isa, uint32_t type) {
 #ifdef SOV_X86
@@ -881,9 +904,6 @@ static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
         case SOV_TYPE_Q4_0: return dot_q4_0_vnni;
         case SOV_TYPE_Q4_1: return dot_q4_1_vnni;
         case SOV_TYPE_Q8_0: return dot_q8_0_vnni;
-        case SOV_TYPE_Q4_K: return dot_q4_k_vnni;
-        case SOV_TYPE_Q5_K: return dot_q5_k_vnni;
-        case SOV_TYPE_Q6_K: return dot_q6_k_vnni;
         default: return NULL;
         }
     }
@@ -892,9 +912,6 @@ static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
         case SOV_TYPE_Q4_0: return dot_q4_0_avx2;
         case SOV_TYPE_Q4_1: return dot_q4_1_avx2;
         case SOV_TYPE_Q8_0: return dot_q8_0_avx2;
-        case SOV_TYPE_Q4_K: return dot_q4_k_avx2;
-        case SOV_TYPE_Q5_K: return dot_q5_k_avx2;
-        case SOV_TYPE_Q6_K: return dot_q6_k_avx2;
         default: return NULL;
         }
     }
@@ -904,6 +921,31 @@ static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
     case SOV_TYPE_Q4_0: return dot_q4_0_scalar;
     case SOV_TYPE_Q4_1: return dot_q4_1_scalar;
     case SOV_TYPE_Q8_0: return dot_q8_0_scalar;
+    default: return NULL;
+    }
+}
+
+static dot_q8k_fn pick_q8k_dot(sov_isa isa, uint32_t type) {
+#ifdef SOV_X86
+    if (isa == SOV_ISA_AVX512) {
+        switch (type) {
+        case SOV_TYPE_Q4_K: return dot_q4_k_vnni;
+        case SOV_TYPE_Q5_K: return dot_q5_k_vnni;
+        case SOV_TYPE_Q6_K: return dot_q6_k_vnni;
+        default: return NULL;
+        }
+    }
+    if (isa == SOV_ISA_AVX2) {
+        switch (type) {
+        case SOV_TYPE_Q4_K: return dot_q4_k_avx2;
+        case SOV_TYPE_Q5_K: return dot_q5_k_avx2;
+        case SOV_TYPE_Q6_K: return dot_q6_k_avx2;
+        default: return NULL;
+        }
+    }
+#endif
+    (void)isa;
+    switch (type) {
     case SOV_TYPE_Q4_K: return dot_q4_k_scalar;
     case SOV_TYPE_Q5_K: return dot_q5_k_scalar;
     case SOV_TYPE_Q6_K: return dot_q6_k_scalar;
@@ -916,10 +958,24 @@ static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
 #define TOKEN_TILE 16
 
 void sov_matmul_rows(sov_isa isa, uint32_t wtype, const void *w, uint64_t cols, int64_t r0, int64_t r1,
-                     const float *x, const sov_q8_block *xq, int64_t n_tok, float *y, int64_t ldy) {
+                     const float *x, const void *xq_any, int64_t n_tok, float *y, int64_t ldy) {
     uint64_t row_bytes = cols / sov_type_block_elems(wtype) * sov_type_block_bytes(wtype);
     const uint8_t *wb = w;
+    if (sov_type_uses_q8k(wtype)) {
+        dot_q8k_fn dot = pick_q8k_dot(isa, wtype);
+        const sov_q8k_block *xq = xq_any;
+        uint64_t nb = cols / QK_K;
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TOKEN_TILE) {
+            int64_t t1 = t0 + TOKEN_TILE < n_tok ? t0 + TOKEN_TILE : n_tok;
+            for (int64_t r = r0; r < r1; r++) {
+                const void *row = wb + (uint64_t)r * row_bytes;
+                for (int64_t t = t0; t < t1; t++) y[t * ldy + r] = dot(row, xq + (uint64_t)t * nb, nb);
+            }
+        }
+        return;
+    }
     if (sov_type_uses_q8(wtype)) {
+        const sov_q8_block *xq = xq_any;
         dot_q8_fn dot = pick_q8_dot(isa, wtype);
         uint64_t nb = cols / QK;
         int64_t t_done = 0;

@@ -220,19 +220,48 @@ static void test_kernels_agree(void) {
     }
 }
 
+/* Q8_K activations: the value of largest magnitude maps to -127, every quant is within half a step
+ * of its value, the sums of 16 add up, and an all-zero block has scale 0. */
+static void test_quantize_q8k(void) {
+    enum { N = 512 };
+    float x[N];
+    for (int i = 0; i < N; i++) x[i] = frand();
+    x[37] = 3.0f;       /* block 0's largest magnitude, positive */
+    x[300] = -2.0f;     /* block 1's, negative */
+    x[301] = 2.0f;      /* a tie after it: the first one sets the sign */
+    sov_q8k_block q[N / 256];
+    sov_quantize_row_q8k(x, q, N);
+    CHECK(q[0].q[37] == -127 && q[0].d == 1.0f / (-127.0f / 3.0f));
+    CHECK(q[1].q[300 - 256] == -127 && q[1].q[301 - 256] == 127 && q[1].d > 0.0f && q[0].d < 0.0f);
+    int bad = 0;
+    for (int i = 0; i < N; i++) bad += fabsf(q[i / 256].d * (float)q[i / 256].q[i % 256] - x[i]) > fabsf(q[i / 256].d) * 0.5001f;
+    for (int b = 0; b < N / 256; b++)
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += q[b].q[16 * g + j];
+            bad += sum != q[b].bsums[g];
+        }
+    CHECK(bad == 0);
+    memset(x, 0, sizeof x);
+    sov_quantize_row_q8k(x, q, 256);
+    CHECK(q[0].d == 0.0f && q[0].q[5] == 0 && q[0].bsums[3] == 0);
+}
+
 /* K-quants: every kernel set gives the same bits, and the products equal the dequantised weights
- * times the dequantised activations up to float rounding. Three super-blocks per row; rows 3..12
+ * times the dequantised Q8_K activations up to float rounding. Three super-blocks per row; rows 3..12
  * of 13 (a range that starts inside the matrix) and 19 tokens, past one tile of 16 tokens. */
 static void test_kquant_kernels(void) {
     enum { COLS = 768, ROWS = 13, TOK = 19, R0 = 3 };
     static const uint32_t types[] = {SOV_TYPE_Q4_K, SOV_TYPE_Q5_K, SOV_TYPE_Q6_K};
     static float x[TOK * COLS], ref[ROWS * COLS], y[3][TOK * ROWS];
     static uint8_t w[ROWS * COLS];
-    static sov_q8_block xq[3][TOK * COLS / 32];
+    static sov_q8k_block xq[TOK * COLS / 256];
     for (int i = 0; i < TOK * COLS; i++) x[i] = frand() * (i % 97 == 0 ? 8.0f : 1.0f);
+    sov_quantize_row_q8k(x, xq, (uint64_t)TOK * COLS);
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         uint32_t t = types[k];
         uint64_t bytes, row_bytes;
+        CHECK(sov_type_uses_q8k(t) && !sov_type_uses_q8(t));
         CHECK(sov_tensor_row_size(t, (uint64_t)ROWS * COLS, &bytes) == SOV_OK);
         CHECK(sov_tensor_row_size(t, COLS, &row_bytes) == SOV_OK && row_bytes * ROWS == bytes);
         for (uint64_t i = 0; i < bytes; i++) w[i] = (uint8_t)((rng = rng * 6364136223846793005ull + 1442695040888963407ull) >> 56);
@@ -247,9 +276,8 @@ static void test_kquant_kernels(void) {
         for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
             sov_isa use = (sov_isa)isa;
             if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
-            for (int tok = 0; tok < TOK; tok++) sov_quantize_row_q8(use, x + tok * COLS, xq[isa] + tok * (COLS / 32), COLS);
             for (int i = 0; i < TOK * ROWS; i++) y[isa][i] = -1234.5f;
-            sov_matmul_rows(use, t, w, COLS, R0, ROWS, x, xq[isa], TOK, y[isa], ROWS);
+            sov_matmul_rows(use, t, w, COLS, R0, ROWS, x, xq, TOK, y[isa], ROWS);
         }
         CHECK(sov_tensor_dequantize(t, w, ref, (uint64_t)ROWS * COLS) == SOV_OK);
         int bad_bits = 0, bad_value = 0, touched = 0;
@@ -263,8 +291,8 @@ static void test_kquant_kernels(void) {
                 bad_bits += memcmp(&s, &y[1][tok * ROWS + r], 4) != 0 || memcmp(&s, &y[2][tok * ROWS + r], 4) != 0;
                 double exact = 0, magnitude = 0;
                 for (int c = 0; c < COLS; c++) {
-                    const sov_q8_block *xb = &xq[0][tok * (COLS / 32) + c / 32];
-                    double term = (double)ref[r * COLS + c] * xb->d * xb->q[c % 32];
+                    const sov_q8k_block *xb = &xq[tok * (COLS / 256) + c / 256];
+                    double term = (double)ref[r * COLS + c] * xb->d * xb->q[c % 256];
                     exact += term;
                     magnitude += fabs(term);
                 }
@@ -715,6 +743,7 @@ int main(void) {
     test_fp16();
     test_dequantize();
     test_kernels_agree();
+    test_quantize_q8k();
     test_kquant_kernels();
     test_gguf_metadata();
     test_gguf_nested_arrays();
