@@ -149,7 +149,8 @@ def test_k_quant_comparison_detects_one_changed_bit(qtype: QType) -> None:
     before, after = ours(qtype, raw, 32 * 256), ours(qtype, changed, 32 * 256)
     differs = np.flatnonzero(before != after)
     assert differs.size > 0
-    assert differs.min() >= 20 * 256 and differs.max() < 21 * 256
+    assert differs.min() >= 20 * 256
+    assert differs.max() < 21 * 256
     assert_matches(qtype, changed, 32 * 256)
 
 
