@@ -81,6 +81,8 @@ def quantise(source: Path, target: Path, ftype_name: str) -> Path:
 
 
 def llama_cpp_logits(path: Path, cfg: TinyConfig) -> F32:
+    # llama.cpp's plain CPU kernels (vec_dot against Q8_K): on CPUs with AMX, this build's AMX matmul,
+    # which takes rows of 256 and more, crashes the process
     model = LlamaCppModel(path, n_ctx=cfg.context, extra_buffers=False)
     try:
         return model.logits(PROMPT)
