@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-kill bench setup native services lint types imports schema schema-update pytest clean
+.PHONY: run test test-kill bench fuzz setup native services lint types imports schema schema-update pytest clean
 
 $(STAMP): pyproject.toml
 	@echo "==> setting up the virtual environment"
@@ -35,6 +35,14 @@ test:
 test-kill: $(STAMP) native
 	@KILL_REQUESTS=$${KILL_REQUESTS:-100} KILL_COUNT=$${KILL_COUNT:-10} KILL_MAX_TOKENS=$${KILL_MAX_TOKENS:-64} \
 	  DJANGO_SETTINGS_MODULE=controlplane.settings.test $(PY) -m pytest -p no:cacheprovider -s -q tests/exactly_once
+
+# Longer fuzzing than `make test` does: the GGUF parser (libFuzzer, ASan, UBSan) for FUZZ_SECONDS, then
+# the tokenizer and the chat-template paths (atheris) for FUZZ_PY_SECONDS each; figures are printed,
+# and a failing input is written to the target's seed corpus under native/fuzz/.
+FUZZ_SECONDS ?= 600
+FUZZ_PY_SECONDS ?= 180
+fuzz: $(STAMP) native
+	@$(MAKE) --no-print-directory -C native fuzz PYTHON=$(abspath $(PY)) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_PY_SECONDS=$(FUZZ_PY_SECONDS)
 
 # The `bench` extra adds the anchors' packages (llama.cpp's OpenAI server); LiteLLM installs itself under var/.
 bench: $(STAMP) native

@@ -68,6 +68,10 @@ def _compile(source: str) -> jinja2.Template:
         return env.from_string(source)
     except jinja2.TemplateError as exc:
         raise ChatTemplateError(f"the model's chat template does not compile: {exc}") from exc
+    except RecursionError as exc:  # jinja2's parser recurses once per nested expression
+        raise ChatTemplateError("the model's chat template does not compile: it nests too deeply") from exc
+    except SyntaxError as exc:  # jinja2 accepted it, but the Python it generated does not compile
+        raise ChatTemplateError(f"the model's chat template does not compile: {exc.msg}") from exc
 
 
 def validate_messages(messages: object) -> list[tuple[str, str]]:
@@ -135,7 +139,7 @@ def render_segments(
         raise
     except jinja2.TemplateError as exc:
         raise ChatTemplateError(f"the chat template failed to render: {exc}") from exc
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as exc:
         raise ChatTemplateError(f"the chat template failed to render: {exc}") from exc
 
     segments: list[Segment] = []

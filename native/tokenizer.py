@@ -291,10 +291,19 @@ class _Vocabulary:
         except Exception as exc:  # tokenizers raises plain Exception for a bad vocabulary
             raise TokenizerError(f"cannot build the BPE model: {exc}") from exc
         tokenizer = tokenizers.Tokenizer(bpe)
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(tokenizers.Regex(regex), behavior="isolated") for regex in pre.regexes]
-            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-        )
+        steps: list[pre_tokenizers.PreTokenizer] = [
+            pre_tokenizers.Split(tokenizers.Regex(regex), behavior="isolated") for regex in pre.regexes
+        ]
+        steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
+        # A byte with no token of its own (SmolLM2 lacks six control characters) stays a symbol that
+        # never merges in llama.cpp's BPE and is dropped at the end, so it keeps its neighbours apart;
+        # the Hugging Face BPE would drop it first and merge across it. Removing it as a split does
+        # what llama.cpp does.
+        missing = [char for char in _BYTE_DECODER if char not in self.token_to_id]
+        if missing:
+            pattern = "[" + "".join(f"\\x{{{ord(char):x}}}" for char in missing) + "]"
+            steps.append(pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="removed"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
         return tokenizer
 
     def partition(self, text: str, *, parse_special: bool) -> list[str | int]:

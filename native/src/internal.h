@@ -41,16 +41,28 @@ typedef struct sov_q8_block {
     int8_t q[32];
 } sov_q8_block;
 
+/* Activations quantised as llama.cpp's Q8_K, for the K-quant weight types: 8 bits in blocks of 256
+ * with one scale, and the sums of each 16 quants. */
+typedef struct sov_q8k_block {
+    float d;
+    int8_t q[256];
+    int16_t bsums[16];
+} sov_q8k_block;
+
 /* Y[t, r] = dot(W row r, X row t) for t < n_tok, r in [r0, r1). W is `rows` x `cols` of type
- * wtype; X is float32 [n_tok, cols]; Xq the same rows quantised (NULL for float weights). */
+ * wtype; X is float32 [n_tok, cols]; Xq the same rows quantised as the type needs (sov_q8_block
+ * when sov_type_uses_q8, sov_q8k_block when sov_type_uses_q8k; NULL for float weights). */
 void sov_matmul_rows(sov_isa isa, uint32_t wtype, const void *w, uint64_t cols, int64_t r0, int64_t r1,
-                     const float *x, const sov_q8_block *xq, int64_t n_tok, float *y, int64_t ldy);
+                     const float *x, const void *xq, int64_t n_tok, float *y, int64_t ldy);
 void sov_quantize_row_q8(sov_isa isa, const float *x, sov_q8_block *out, uint64_t n);
+/* n a multiple of 256. */
+void sov_quantize_row_q8k(const float *x, sov_q8k_block *out, uint64_t n);
 /* Float vector helpers for attention: dot(a, b) and y += alpha * x. */
 float sov_dot_f32(sov_isa isa, const float *a, const float *b, uint64_t n);
 void sov_axpy_f32(sov_isa isa, float alpha, const float *x, float *y, uint64_t n);
-/* Whether a weight type is multiplied against sov_q8_block activations. */
+/* Whether a weight type is multiplied against sov_q8_block (sov_q8k_block) activations. */
 bool sov_type_uses_q8(uint32_t type);
+bool sov_type_uses_q8k(uint32_t type);
 
 /* ---------------------------------------------------------------------------------------
  * Thread pool (threads.c)

@@ -52,6 +52,7 @@ struct sov_context {
     /* scratch for one chunk of n_ubatch tokens */
     float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up, *rope_cos, *rope_sin, *scores;
     sov_q8_block *xq;
+    sov_q8k_block *xqk;
     int32_t *pos;
 };
 
@@ -340,9 +341,10 @@ static sov_status alloc_scratch(sov_context *c) {
     c->rope_sin = malloc(u * (in->n_rot / 2 + 1) * sizeof(float));
     c->scores = malloc((uint64_t)sov_pool_size(c->model->pool) * c->n_ctx * sizeof(float));
     c->xq = malloc(u * (widest / 32 + 1) * sizeof(sov_q8_block));
+    c->xqk = malloc(u * (widest / 256 + 1) * sizeof(sov_q8k_block));
     c->pos = malloc(u * sizeof(int32_t));
     if (!c->x || !c->xn || !c->tmp || !c->q || !c->att || !c->k || !c->v || !c->gate || !c->up || !c->rope_cos || !c->rope_sin ||
-        !c->scores || !c->xq || !c->pos)
+        !c->scores || !c->xq || !c->xqk || !c->pos)
         return sov_fail(SOV_ERR_NOMEM, "scratch buffers for %u tokens", c->n_ubatch);
     return SOV_OK;
 }
@@ -380,6 +382,7 @@ void sov_context_free(sov_context *c) {
     float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->tmp, c->gate, c->up, c->rope_cos, c->rope_sin, c->scores};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(c->xq);
+    free(c->xqk);
     free(c->pos);
     free(c);
 }
@@ -442,6 +445,7 @@ typedef struct matmul_job {
     float *y[3];
     const float *x;
     const sov_q8_block *xq;
+    const sov_q8k_block *xqk;
     int64_t n_tok;
     bool swiglu;            /* then y[0] = silu(y[0]) * y[1], by the thread that wrote those rows */
 } matmul_job;
@@ -453,7 +457,8 @@ static void matmul_worker(void *arg, int ti, int nt) {
         /* rows are split in multiples of 8, so that threads do not share cache lines of y */
         int64_t chunk = (((int64_t)w->rows + nt - 1) / nt + 7) / 8 * 8;
         int64_t r0 = chunk * ti, r1 = r0 + chunk < (int64_t)w->rows ? r0 + chunk : (int64_t)w->rows;
-        if (r0 < r1) sov_matmul_rows(j->c->model->isa, w->type, w->data, w->cols, r0, r1, j->x, j->xq, j->n_tok, j->y[i], (int64_t)w->rows);
+        const void *xq = sov_type_uses_q8k(w->type) ? (const void *)j->xqk : (const void *)j->xq;
+        if (r0 < r1) sov_matmul_rows(j->c->model->isa, w->type, w->data, w->cols, r0, r1, j->x, xq, j->n_tok, j->y[i], (int64_t)w->rows);
     }
     if (!j->swiglu) return;
     /* gate and up have the same rows, so this thread has just written both halves it needs */
@@ -467,17 +472,24 @@ static void matmul_worker(void *arg, int ti, int nt) {
 
 /* y[i] = x @ w[i]^T for the n weights, which all take x's width as their columns. */
 static void matmul(sov_context *c, int n, const weight *const *w, float *const *y, const float *x, int64_t n_tok, bool swiglu) {
-    matmul_job j = {.c = c, .n = n, .x = x, .xq = NULL, .n_tok = n_tok, .swiglu = swiglu};
-    bool need_q8 = false;
+    matmul_job j = {.c = c, .n = n, .x = x, .xq = NULL, .xqk = NULL, .n_tok = n_tok, .swiglu = swiglu};
+    bool need_q8 = false, need_q8k = false;
     for (int i = 0; i < n; i++) {
         j.w[i] = w[i];
         j.y[i] = y[i];
         need_q8 |= sov_type_uses_q8(w[i]->type);
+        need_q8k |= sov_type_uses_q8k(w[i]->type);
     }
+    /* the weights of one input may need both formats (llama.cpp's K-quant mixes fall back to types of
+     * 32-element blocks for rows that are not whole super-blocks), so it is quantised once per format */
+    uint64_t cols = w[0]->cols;
     if (need_q8) {
-        uint64_t cols = w[0]->cols;
         for (int64_t t = 0; t < n_tok; t++) sov_quantize_row_q8(c->model->isa, x + (uint64_t)t * cols, c->xq + (uint64_t)t * (cols / 32), cols);
         j.xq = c->xq;
+    }
+    if (need_q8k) {
+        for (int64_t t = 0; t < n_tok; t++) sov_quantize_row_q8k(x + (uint64_t)t * cols, c->xqk + (uint64_t)t * (cols / 256), cols);
+        j.xqk = c->xqk;
     }
     sov_pool_run(c->model->pool, matmul_worker, &j);
 }

@@ -1,6 +1,6 @@
-/* tensor.c: tensor types (F32, F16, BF16, Q8_0, Q4_0, Q4_1), dequantisation, activation
- * quantisation and the dot-product kernels, in portable C and in AVX2 / AVX-512 VNNI variants
- * picked at run time (the build needs no -march). */
+/* tensor.c: tensor types (F32, F16, BF16, Q8_0, Q4_0, Q4_1 and the K-quants Q4_K, Q5_K, Q6_K),
+ * dequantisation, activation quantisation and the dot-product kernels, in portable C and in AVX2 /
+ * AVX-512 VNNI variants picked at run time (the build needs no -march). */
 #include "internal.h"
 
 #include <math.h>
@@ -27,6 +27,25 @@ typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;                   /* x
 _Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
 _Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
 _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
+
+/* K-quants: super-blocks of 256 elements. Q4_K and Q5_K split theirs into eight sub-blocks of 32,
+ * each with a 6-bit scale and a 6-bit min (x = d * scale * q - dmin * min), packed in 12 bytes as
+ * k_scales_mins() unpacks them. Q6_K has sixteen sub-blocks of 16 with signed 8-bit scales
+ * (x = d * scale * (q - 32)). Each 32 bytes of Q4_K/Q5_K nibbles hold two sub-blocks: the low
+ * nibbles the first, the high nibbles the second; Q5_K's fifth bit of element l in sub-block j is
+ * bit j of qh[l]. Q6_K's elements come in two halves of 128: in half h, element 32s + l (s < 4)
+ * has its low four bits in ql[64h + 32(s & 1) + l] (low nibble for s < 2, high for s >= 2) and
+ * its top two in bits 2s, 2s + 1 of qh[32h + l]. Their activations are sov_q8k_block (Q8_K): one
+ * scale per 256, so that a super-block's sub-block products add up in integers. */
+#define QK_K 256
+
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_k;
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_k;
+typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; } block_q6_k;
+
+_Static_assert(sizeof(block_q4_k) == 144, "Q4_K block is 144 bytes");
+_Static_assert(sizeof(block_q5_k) == 176, "Q5_K block is 176 bytes");
+_Static_assert(sizeof(block_q6_k) == 210, "Q6_K block is 210 bytes");
 
 /* ---------------------------------------------------------------------------------------
  * Scalar conversions
@@ -66,6 +85,7 @@ uint32_t sov_type_block_elems(uint32_t type) {
     switch (type) {
     case SOV_TYPE_F32: case SOV_TYPE_F16: case SOV_TYPE_BF16: return 1;
     case SOV_TYPE_Q4_0: case SOV_TYPE_Q4_1: case SOV_TYPE_Q8_0: return QK;
+    case SOV_TYPE_Q4_K: case SOV_TYPE_Q5_K: case SOV_TYPE_Q6_K: return QK_K;
     default: return 0;
     }
 }
@@ -77,6 +97,9 @@ uint32_t sov_type_block_bytes(uint32_t type) {
     case SOV_TYPE_Q4_0: return sizeof(block_q4_0);
     case SOV_TYPE_Q4_1: return sizeof(block_q4_1);
     case SOV_TYPE_Q8_0: return sizeof(block_q8_0);
+    case SOV_TYPE_Q4_K: return sizeof(block_q4_k);
+    case SOV_TYPE_Q5_K: return sizeof(block_q5_k);
+    case SOV_TYPE_Q6_K: return sizeof(block_q6_k);
     default: return 0;
     }
 }
@@ -89,6 +112,9 @@ const char *sov_tensor_type_name(uint32_t type) {
     case SOV_TYPE_Q4_0: return "Q4_0";
     case SOV_TYPE_Q4_1: return "Q4_1";
     case SOV_TYPE_Q8_0: return "Q8_0";
+    case SOV_TYPE_Q4_K: return "Q4_K";
+    case SOV_TYPE_Q5_K: return "Q5_K";
+    case SOV_TYPE_Q6_K: return "Q6_K";
     default: return NULL;
     }
 }
@@ -103,6 +129,22 @@ sov_status sov_tensor_row_size(uint32_t type, uint64_t n, uint64_t *bytes) {
 
 bool sov_type_uses_q8(uint32_t type) {
     return type == SOV_TYPE_Q4_0 || type == SOV_TYPE_Q4_1 || type == SOV_TYPE_Q8_0;
+}
+
+bool sov_type_uses_q8k(uint32_t type) {
+    return type == SOV_TYPE_Q4_K || type == SOV_TYPE_Q5_K || type == SOV_TYPE_Q6_K;
+}
+
+/* The eight 6-bit scales and mins of a Q4_K or Q5_K super-block: sub-blocks 0-3 in the low six
+ * bits of bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 in the nibbles of bytes 8-11, with
+ * their top two bits in the top bits of bytes 0-7. */
+static void k_scales_mins(const uint8_t *s, uint8_t sc[8], uint8_t m[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 0x0f) | ((s[j] >> 6) << 4));
+        m[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+    }
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -147,6 +189,41 @@ sov_status sov_tensor_dequantize(uint32_t type, const void *src, float *dst, uin
             for (int j = 0; j < QK; j++) dst[b * QK + j] = d * (float)blk->qs[j];
         }
         break;
+    case SOV_TYPE_Q4_K: case SOV_TYPE_Q5_K:
+        for (uint64_t b = 0; b < n / QK_K; b++) {
+            const uint8_t *blk = p + b * sov_type_block_bytes(type);
+            /* the two types share the header; Q5_K has qh before its nibbles */
+            const uint8_t *qh = type == SOV_TYPE_Q5_K ? ((const block_q5_k *)blk)->qh : NULL;
+            const uint8_t *qs = type == SOV_TYPE_Q5_K ? ((const block_q5_k *)blk)->qs : ((const block_q4_k *)blk)->qs;
+            float d = sov_fp16_to_fp32(load_u16(blk)), dmin = sov_fp16_to_fp32(load_u16(blk + 2));
+            uint8_t sc[8], m[8];
+            k_scales_mins(blk + 4, sc, m);
+            float *out = dst + b * QK_K;
+            for (int j = 0; j < 8; j++) {
+                float ds = d * (float)sc[j], dm = dmin * (float)m[j];
+                for (int l = 0; l < 32; l++) {
+                    int q = (qs[32 * (j / 2) + l] >> (4 * (j & 1))) & 0x0f;
+                    if (qh) q |= ((qh[l] >> j) & 1) << 4;
+                    float v = ds * (float)q;
+                    out[32 * j + l] = v - dm;
+                }
+            }
+        }
+        break;
+    case SOV_TYPE_Q6_K:
+        for (uint64_t b = 0; b < n / QK_K; b++) {
+            const block_q6_k *blk = (const block_q6_k *)(p + b * sizeof(block_q6_k));
+            float d = sov_fp16_to_fp32(load_u16(&blk->d));
+            float *out = dst + b * QK_K;
+            for (int e = 0; e < QK_K; e++) {
+                int h = e / 128, s = (e % 128) / 32, l = e % 32;
+                int lo = (blk->ql[64 * h + 32 * (s & 1) + l] >> (4 * (s >> 1))) & 0x0f;
+                int hi = (blk->qh[32 * h + l] >> (2 * s)) & 3;
+                float ds = d * (float)blk->scales[e / 16];
+                out[e] = ds * (float)((lo | (hi << 4)) - 32);
+            }
+        }
+        break;
     default: break;
     }
     return SOV_OK;
@@ -175,11 +252,18 @@ bool sov_tensor_all_finite(uint32_t type, const void *data, uint64_t n) {
         for (uint64_t b = 0; b < n / QK; b++) if (!fp16_finite(load_u16(p + b * bb))) return false;
         return true;
     }
-    case SOV_TYPE_Q4_1:
-        for (uint64_t b = 0; b < n / QK; b++) {
-            const uint8_t *blk = p + b * sizeof(block_q4_1);
+    case SOV_TYPE_Q4_1: case SOV_TYPE_Q4_K: case SOV_TYPE_Q5_K: {
+        /* d and m (or dmin) lead the block */
+        uint32_t be = sov_type_block_elems(type), bb = sov_type_block_bytes(type);
+        for (uint64_t b = 0; b < n / be; b++) {
+            const uint8_t *blk = p + b * bb;
             if (!fp16_finite(load_u16(blk)) || !fp16_finite(load_u16(blk + 2))) return false;
         }
+        return true;
+    }
+    case SOV_TYPE_Q6_K:
+        for (uint64_t b = 0; b < n / QK_K; b++)
+            if (!fp16_finite(load_u16(p + b * sizeof(block_q6_k) + offsetof(block_q6_k, d)))) return false;
         return true;
     default: return false;
     }
@@ -286,6 +370,40 @@ void sov_quantize_row_q8(sov_isa isa, const float *x, sov_q8_block *out, uint64_
     quantize_q8_scalar(x, out, n);
 }
 
+/* Q8_K as llama.cpp quantises it: the scale is the signed value of largest magnitude (the first, on a
+ * tie) over -127, so that it maps to -127 exactly; quants round half to even. Portable C only: it
+ * costs O(n) per token against the products' O(n * rows). */
+void sov_quantize_row_q8k(const float *x, sov_q8k_block *out, uint64_t n) {
+    for (uint64_t b = 0; b < n / QK_K; b++) {
+        const float *xb = x + b * QK_K;
+        sov_q8k_block *o = &out[b];
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK_K; j++) {
+            float ax = fabsf(xb[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = xb[j];
+            }
+        }
+        if (amax == 0.0f) {
+            memset(o, 0, sizeof *o);
+            continue;
+        }
+        float iscale = -127.0f / max;
+        for (int j = 0; j < QK_K; j++) {
+            float v = iscale * xb[j];
+            int q = (int)nearbyintf(v);
+            o->q[j] = (int8_t)(q > 127 ? 127 : q);
+        }
+        for (int g = 0; g < QK_K / 16; g++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += o->q[16 * g + j];
+            o->bsums[g] = (int16_t)sum;
+        }
+        o->d = 1.0f / iscale;
+    }
+}
+
 /* ---------------------------------------------------------------------------------------
  * Dot products, portable. They keep eight lanes and fuse multiply-adds exactly as the SIMD
  * kernels do, and sum the lanes in the same tree, so that every kernel set gives the same
@@ -383,6 +501,73 @@ static float dot_q8_0_scalar(const void *w, const sov_q8_block *x, uint64_t nb) 
             for (int k = 4 * l; k < 4 * l + 4; k++) sum += a[b].qs[k] * x[b].q[k];
             acc[l] = fmaf(scale, (float)sum, acc[l]);
         }
+    }
+    return hsum8(acc);
+}
+
+/* K-quants against Q8_K activations. Each sub-block's integer products are summed in lanes of four
+ * elements, as a 256-bit integer dot product does, times the sub-block's scale; the lanes add up in
+ * integers over the super-block, whose float scale d * activation d multiplies them once. */
+static void k_lanes(const uint8_t *q, const int8_t *y, int32_t scale, int32_t *lanes) {
+    for (int l = 0; l < 8; l++) {
+        int32_t sum = 0;
+        for (int k = 4 * l; k < 4 * l + 4; k++) sum += q[k] * y[k];
+        lanes[l] += scale * sum;
+    }
+}
+
+/* Q4_K and Q5_K: the mins' part is dmin * activation d * sum of min times the sub-block's activation
+ * sum, from the activations' sums of 16. */
+static float dot_q45_k_scalar(const void *w, const sov_q8k_block *x, uint64_t nb, bool five_bits) {
+    const uint8_t *base = w;
+    uint32_t bb = five_bits ? sizeof(block_q5_k) : sizeof(block_q4_k);
+    float acc[8] = {0}, mins = 0.0f;
+    uint8_t sc[8], m[8], q[32];
+    for (uint64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = base + i * bb;
+        const uint8_t *qs = five_bits ? ((const block_q5_k *)blk)->qs : ((const block_q4_k *)blk)->qs;
+        const uint8_t *qh = five_bits ? ((const block_q5_k *)blk)->qh : NULL;
+        k_scales_mins(blk + 4, sc, m);
+        int32_t lanes[8] = {0}, summs = 0;
+        for (int j = 0; j < 8; j++) {
+            for (int k = 0; k < 32; k++) {
+                q[k] = (uint8_t)((qs[32 * (j / 2) + k] >> (4 * (j & 1))) & 0x0f);
+                if (qh) q[k] |= (uint8_t)(((qh[k] >> j) & 1) << 4);
+            }
+            k_lanes(q, x[i].q + 32 * j, sc[j], lanes);
+            summs += m[j] * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);
+        }
+        float d = sov_fp16_to_fp32(load_u16(blk)) * x[i].d, dmin = sov_fp16_to_fp32(load_u16(blk + 2)) * x[i].d;
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
+        float min = dmin * (float)summs;
+        mins += min;
+    }
+    return hsum8(acc) - mins;
+}
+
+static float dot_q4_k_scalar(const void *w, const sov_q8k_block *x, uint64_t nb) { return dot_q45_k_scalar(w, x, nb, false); }
+static float dot_q5_k_scalar(const void *w, const sov_q8k_block *x, uint64_t nb) { return dot_q45_k_scalar(w, x, nb, true); }
+
+/* Q6_K: signed quants; lanes 0-3 of a 32-element chunk are its first sub-block of 16, lanes 4-7 its
+ * second. */
+static float dot_q6_k_scalar(const void *w, const sov_q8k_block *x, uint64_t nb) {
+    const block_q6_k *a = w;
+    float acc[8] = {0};
+    for (uint64_t i = 0; i < nb; i++) {
+        int32_t lanes[8] = {0};
+        for (int j = 0; j < 8; j++) {
+            int h = j / 4, s = j % 4;
+            const uint8_t *ql = a[i].ql + 64 * h + 32 * (s & 1), *qh = a[i].qh + 32 * h;
+            const int8_t *y = x[i].q + 32 * j;
+            for (int l = 0; l < 8; l++) {
+                int32_t sum = 0;
+                for (int k = 4 * l; k < 4 * l + 4; k++)
+                    sum += ((((ql[k] >> (4 * (s >> 1))) & 0x0f) | (((qh[k] >> (2 * s)) & 3) << 4)) - 32) * y[k];
+                lanes[l] += a[i].scales[2 * j + l / 4] * sum;
+            }
+        }
+        float d = sov_fp16_to_fp32(load_u16(&a[i].d)) * x[i].d;
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(d, (float)lanes[l], acc[l]);
     }
     return hsum8(acc);
 }
@@ -492,6 +677,93 @@ VNNI_TARGET static inline __m256i dot_u8s8_vnni(__m256i u, __m256i s) {
 
 DEFINE_Q_DOTS(avx2, AVX2_TARGET, dot_u8s8_avx2)
 DEFINE_Q_DOTS(vnni, VNNI_TARGET, dot_u8s8_vnni)
+
+/* K-quant kernels against Q8_K. Per sub-block, unsigned quants times activations in 16-bit pairs,
+ * then the pairs times the sub-block's scale summed into 32-bit lanes (exact: a pair is at most
+ * 2 * 63 * 127), so the lanes are the scalar kernels' integers; AVX-512 VNNI fuses the second step. */
+AVX2_TARGET static inline __m256i k_scaled_avx2(__m256i lanes, __m256i q, __m256i y, __m256i scale16) {
+    return _mm256_add_epi32(lanes, _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), scale16));
+}
+
+VNNI_TARGET static inline __m256i k_scaled_vnni(__m256i lanes, __m256i q, __m256i y, __m256i scale16) {
+    return _mm256_dpwssd_epi32(lanes, _mm256_maddubs_epi16(q, y), scale16);
+}
+
+#define DEFINE_K_DOTS(SUFFIX, TARGET, K_SCALED)                                                                   \
+    /* Q4_K (five_bits false) and Q5_K */                                                                          \
+    TARGET static inline float dot_q45_k_##SUFFIX(const void *w, const sov_q8k_block *x, uint64_t nb, bool five_bits) { \
+        const uint8_t *base = w;                                                                                     \
+        uint32_t bb = five_bits ? sizeof(block_q5_k) : sizeof(block_q4_k);                                           \
+        const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);                                     \
+        __m256 acc = _mm256_setzero_ps();                                                                            \
+        float mins = 0.0f;                                                                                           \
+        uint8_t sc[8], m[8];                                                                                         \
+        for (uint64_t i = 0; i < nb; i++) {                                                                          \
+            const uint8_t *blk = base + i * bb;                                                                      \
+            const uint8_t *qs = five_bits ? ((const block_q5_k *)blk)->qs : ((const block_q4_k *)blk)->qs;          \
+            k_scales_mins(blk + 4, sc, m);                                                                           \
+            /* Q5_K: bit j of every qh byte, brought down to bit 0 one sub-block at a time (16-bit shifts \
+             * by under 8 never move a bit across bytes into bit 0) */                                          \
+            __m256i qh = five_bits ? _mm256_loadu_si256((const __m256i *)((const block_q5_k *)blk)->qh) : _mm256_setzero_si256(); \
+            __m256i lanes = _mm256_setzero_si256();                                                                  \
+            int32_t summs = 0;                                                                                       \
+            for (int c = 0; c < 4; c++) {                                                                            \
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));                                   \
+                __m256i lo = _mm256_or_si256(_mm256_and_si256(raw, low4), _mm256_slli_epi16(_mm256_and_si256(qh, one), 4)); \
+                qh = _mm256_srli_epi16(qh, 1);                                                                       \
+                __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4),                      \
+                                             _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));                       \
+                qh = _mm256_srli_epi16(qh, 1);                                                                       \
+                lanes = K_SCALED(lanes, lo, _mm256_loadu_si256((const __m256i *)(x[i].q + 64 * c)), _mm256_set1_epi16(sc[2 * c])); \
+                lanes = K_SCALED(lanes, hi, _mm256_loadu_si256((const __m256i *)(x[i].q + 64 * c + 32)),            \
+                                 _mm256_set1_epi16(sc[2 * c + 1]));                                                  \
+            }                                                                                                        \
+            for (int j = 0; j < 8; j++) summs += m[j] * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);                 \
+            float d = _cvtsh_ss(load_u16(blk)) * x[i].d, dmin = _cvtsh_ss(load_u16(blk + 2)) * x[i].d;              \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);                               \
+            float min = dmin * (float)summs;                                                                         \
+            mins += min;                                                                                             \
+        }                                                                                                            \
+        return hsum_avx2(acc) - mins;                                                                                \
+    }                                                                                                                \
+    TARGET static float dot_q4_k_##SUFFIX(const void *w, const sov_q8k_block *x, uint64_t nb) {                    \
+        return dot_q45_k_##SUFFIX(w, x, nb, false);                                                                  \
+    }                                                                                                                \
+    TARGET static float dot_q5_k_##SUFFIX(const void *w, const sov_q8k_block *x, uint64_t nb) {                    \
+        return dot_q45_k_##SUFFIX(w, x, nb, true);                                                                   \
+    }                                                                                                                \
+    /* Q6_K: signed quants, |q| times the activations with q's sign (as for Q8_0); a chunk of 32 has  \
+     * two scales, one per 128-bit half */                                                              \
+    TARGET static float dot_q6_k_##SUFFIX(const void *w, const sov_q8k_block *x, uint64_t nb) {                    \
+        const block_q6_k *a = w;                                                                                     \
+        const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(3), bias = _mm256_set1_epi8(32);       \
+        __m256 acc = _mm256_setzero_ps();                                                                            \
+        for (uint64_t i = 0; i < nb; i++) {                                                                          \
+            __m256i lanes = _mm256_setzero_si256();                                                                  \
+            for (int h = 0; h < 2; h++) {                                                                            \
+                __m256i ql0 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h));                              \
+                __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h + 32));                         \
+                __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * h));                               \
+                __m256i lows[4] = {_mm256_and_si256(ql0, low4), _mm256_and_si256(ql1, low4),                        \
+                                   _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),                               \
+                                   _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4)};                              \
+                for (int s = 0; s < 4; s++) {                                                                        \
+                    int j = 4 * h + s;                                                                               \
+                    __m256i q = _mm256_sub_epi8(_mm256_or_si256(lows[s], _mm256_slli_epi16(_mm256_and_si256(qh, low2), 4)), bias); \
+                    qh = _mm256_srli_epi16(qh, 2);                                                                   \
+                    __m256i y = _mm256_loadu_si256((const __m256i *)(x[i].q + 32 * j));                             \
+                    __m256i scale = _mm256_set_m128i(_mm_set1_epi16(a[i].scales[2 * j + 1]), _mm_set1_epi16(a[i].scales[2 * j])); \
+                    lanes = K_SCALED(lanes, _mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q), scale);                 \
+                }                                                                                                    \
+            }                                                                                                        \
+            float d = _cvtsh_ss(load_u16(&a[i].d)) * x[i].d;                                                         \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);                               \
+        }                                                                                                            \
+        return hsum_avx2(acc);                                                                                       \
+    }
+
+DEFINE_K_DOTS(avx2, AVX2_TARGET, k_scaled_avx2)
+DEFINE_K_DOTS(vnni, VNNI_TARGET, k_scaled_vnni)
 
 /* ---------------------------------------------------------------------------------------
  * Register-blocked Q4_1 x Q8 tile for batched products (prefill, batched decode), AVX-512 VNNI
@@ -603,6 +875,7 @@ void sov_axpy_f32(sov_isa isa, float alpha, const float *x, float *y, uint64_t n
 
 typedef float (*dot_float_fn)(const void *w, const float *x, uint64_t n);
 typedef float (*dot_q8_fn)(const void *w, const sov_q8_block *x, uint64_t nb);
+typedef float (*dot_q8k_fn)(const void *w, const sov_q8k_block *x, uint64_t nb);
 
 static dot_float_fn pick_float_dot(sov_isa isa, uint32_t type) {
 #ifdef SOV_X86
@@ -652,15 +925,57 @@ static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
     }
 }
 
+static dot_q8k_fn pick_q8k_dot(sov_isa isa, uint32_t type) {
+#ifdef SOV_X86
+    if (isa == SOV_ISA_AVX512) {
+        switch (type) {
+        case SOV_TYPE_Q4_K: return dot_q4_k_vnni;
+        case SOV_TYPE_Q5_K: return dot_q5_k_vnni;
+        case SOV_TYPE_Q6_K: return dot_q6_k_vnni;
+        default: return NULL;
+        }
+    }
+    if (isa == SOV_ISA_AVX2) {
+        switch (type) {
+        case SOV_TYPE_Q4_K: return dot_q4_k_avx2;
+        case SOV_TYPE_Q5_K: return dot_q5_k_avx2;
+        case SOV_TYPE_Q6_K: return dot_q6_k_avx2;
+        default: return NULL;
+        }
+    }
+#endif
+    (void)isa;
+    switch (type) {
+    case SOV_TYPE_Q4_K: return dot_q4_k_scalar;
+    case SOV_TYPE_Q5_K: return dot_q5_k_scalar;
+    case SOV_TYPE_Q6_K: return dot_q6_k_scalar;
+    default: return NULL;
+    }
+}
+
 /* Tokens are taken in tiles so that a tile of activations stays in L1 while the weight rows
  * of a range stream past it. */
 #define TOKEN_TILE 16
 
 void sov_matmul_rows(sov_isa isa, uint32_t wtype, const void *w, uint64_t cols, int64_t r0, int64_t r1,
-                     const float *x, const sov_q8_block *xq, int64_t n_tok, float *y, int64_t ldy) {
+                     const float *x, const void *xq_any, int64_t n_tok, float *y, int64_t ldy) {
     uint64_t row_bytes = cols / sov_type_block_elems(wtype) * sov_type_block_bytes(wtype);
     const uint8_t *wb = w;
+    if (sov_type_uses_q8k(wtype)) {
+        dot_q8k_fn dot = pick_q8k_dot(isa, wtype);
+        const sov_q8k_block *xq = xq_any;
+        uint64_t nb = cols / QK_K;
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TOKEN_TILE) {
+            int64_t t1 = t0 + TOKEN_TILE < n_tok ? t0 + TOKEN_TILE : n_tok;
+            for (int64_t r = r0; r < r1; r++) {
+                const void *row = wb + (uint64_t)r * row_bytes;
+                for (int64_t t = t0; t < t1; t++) y[t * ldy + r] = dot(row, xq + (uint64_t)t * nb, nb);
+            }
+        }
+        return;
+    }
     if (sov_type_uses_q8(wtype)) {
+        const sov_q8_block *xq = xq_any;
         dot_q8_fn dot = pick_q8_dot(isa, wtype);
         uint64_t nb = cols / QK;
         int64_t t_done = 0;

@@ -144,7 +144,29 @@ static void test_dequantize(void) {
     memset(q40 + 2, 0x98, 16);
     CHECK(sov_tensor_dequantize(SOV_TYPE_Q4_0, q40, out, 32) == SOV_OK);
     CHECK(out[0] == 0.0f && out[16] == 2.0f);
+    /* Q4_K and Q5_K: d = 1, dmin = 0.5; sub-block 0 has scale 1 and min 2, sub-block 4 scale 19
+     * and min 37 (their top bits in bytes 0 and 4), the others zero; every nibble pair is 0x53 */
+    uint8_t qk[176] = {0x00, 0x3c, 0x00, 0x38, 0x41, 0, 0, 0, 0x82, 0, 0, 0, 0x53, 0, 0, 0};
+    static float outk[256];
+    memset(qk + 16, 0x53, 160);
+    CHECK(sov_tensor_dequantize(SOV_TYPE_Q4_K, qk, outk, 256) == SOV_OK);
+    CHECK(outk[0] == 2.0f && outk[31] == 2.0f && outk[32] == 0.0f && outk[128] == 38.5f && outk[160] == 0.0f);
+    /* Q5_K: qh (bytes 16-47) sets the fifth bit of sub-block 4 only; nibbles follow at 48 */
+    memset(qk + 16, 0x10, 32);
+    CHECK(sov_tensor_dequantize(SOV_TYPE_Q5_K, qk, outk, 256) == SOV_OK);
+    CHECK(outk[0] == 2.0f && outk[128] == 342.5f && outk[159] == 342.5f && outk[160] == 0.0f);
+    /* Q6_K: ql 0x53, qh 0xe4 (top bits 0, 1, 2, 3 for the four 32-element rows of a half), d = 0.5,
+     * scales 2 (sub-block 0), 4 (4), -3 (9), 1 (14) */
+    uint8_t q6[210] = {0};
+    memset(q6, 0x53, 128);
+    memset(q6 + 128, 0xe4, 64);
+    q6[192] = 2, q6[196] = 4, q6[201] = (uint8_t)-3, q6[206] = 1, q6[209] = 0x38;
+    CHECK(sov_tensor_dequantize(SOV_TYPE_Q6_K, q6, outk, 256) == SOV_OK);
+    CHECK(outk[0] == -29.0f && outk[64] == 10.0f && outk[144] == 43.5f && outk[224] == 10.5f && outk[16] == 0.0f);
     uint64_t bytes;
+    CHECK(sov_tensor_row_size(SOV_TYPE_Q4_K, 512, &bytes) == SOV_OK && bytes == 288);
+    CHECK(sov_tensor_row_size(SOV_TYPE_Q6_K, 256, &bytes) == SOV_OK && bytes == 210);
+    CHECK(sov_tensor_row_size(SOV_TYPE_Q5_K, 288, &bytes) == SOV_ERR_INVALID_ARGUMENT);
     CHECK(sov_tensor_row_size(SOV_TYPE_Q8_0, 64, &bytes) == SOV_OK && bytes == 68);
     CHECK(sov_tensor_row_size(SOV_TYPE_Q8_0, 33, &bytes) == SOV_ERR_INVALID_ARGUMENT);
     CHECK(sov_tensor_row_size(99, 32, &bytes) == SOV_ERR_UNSUPPORTED);
@@ -195,6 +217,92 @@ static void test_kernels_agree(void) {
                 CHECK(fabs(s - exact) <= 0.02 * (1 + fabs(exact)) + (sov_type_uses_q8(t) ? 0.05 : 1e-4) * sqrt(COLS));
             }
         }
+    }
+}
+
+/* Q8_K activations: the value of largest magnitude maps to -127, every quant is within half a step
+ * of its value, the sums of 16 add up, and an all-zero block has scale 0. */
+static void test_quantize_q8k(void) {
+    enum { N = 512 };
+    float x[N];
+    for (int i = 0; i < N; i++) x[i] = frand();
+    x[37] = 3.0f;       /* block 0's largest magnitude, positive */
+    x[300] = -2.0f;     /* block 1's, negative */
+    x[301] = 2.0f;      /* a tie after it: the first one sets the sign */
+    sov_q8k_block q[N / 256];
+    sov_quantize_row_q8k(x, q, N);
+    CHECK(q[0].q[37] == -127 && q[0].d == 1.0f / (-127.0f / 3.0f));
+    CHECK(q[1].q[300 - 256] == -127 && q[1].q[301 - 256] == 127 && q[1].d > 0.0f && q[0].d < 0.0f);
+    int bad = 0;
+    for (int i = 0; i < N; i++) bad += fabsf(q[i / 256].d * (float)q[i / 256].q[i % 256] - x[i]) > fabsf(q[i / 256].d) * 0.5001f;
+    for (int b = 0; b < N / 256; b++)
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += q[b].q[16 * g + j];
+            bad += sum != q[b].bsums[g];
+        }
+    CHECK(bad == 0);
+    memset(x, 0, sizeof x);
+    sov_quantize_row_q8k(x, q, 256);
+    CHECK(q[0].d == 0.0f && q[0].q[5] == 0 && q[0].bsums[3] == 0);
+}
+
+/* K-quants: every kernel set gives the same bits, and the products equal the dequantised weights
+ * times the dequantised Q8_K activations up to float rounding. Three super-blocks per row; rows 3..12
+ * of 13 (a range that starts inside the matrix) and 19 tokens, past one tile of 16 tokens. */
+static void test_kquant_kernels(void) {
+    enum { COLS = 768, ROWS = 13, TOK = 19, R0 = 3 };
+    static const uint32_t types[] = {SOV_TYPE_Q4_K, SOV_TYPE_Q5_K, SOV_TYPE_Q6_K};
+    static float x[TOK * COLS], ref[ROWS * COLS], y[3][TOK * ROWS];
+    static uint8_t w[ROWS * COLS];
+    static sov_q8k_block xq[TOK * COLS / 256];
+    for (int i = 0; i < TOK * COLS; i++) x[i] = frand() * (i % 97 == 0 ? 8.0f : 1.0f);
+    sov_quantize_row_q8k(x, xq, (uint64_t)TOK * COLS);
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        uint32_t t = types[k];
+        uint64_t bytes, row_bytes;
+        CHECK(sov_type_uses_q8k(t) && !sov_type_uses_q8(t));
+        CHECK(sov_tensor_row_size(t, (uint64_t)ROWS * COLS, &bytes) == SOV_OK);
+        CHECK(sov_tensor_row_size(t, COLS, &row_bytes) == SOV_OK && row_bytes * ROWS == bytes);
+        for (uint64_t i = 0; i < bytes; i++) w[i] = (uint8_t)((rng = rng * 6364136223846793005ull + 1442695040888963407ull) >> 56);
+        /* finite fp16 scales of either sign around 2^-7 (d, and dmin where there is one) */
+        uint32_t bb = sov_type_block_bytes(t);
+        for (uint64_t b = 0; b < bytes / bb; b++) {
+            uint8_t *blk = w + b * bb;
+            if (t == SOV_TYPE_Q6_K) blk[bb - 1] = (uint8_t)(0x20 | (blk[bb - 1] & 0x80));
+            else blk[1] = (uint8_t)(0x20 | (blk[1] & 0x80)), blk[3] = (uint8_t)(0x1c | (blk[3] & 0x80));
+        }
+        CHECK(sov_tensor_all_finite(t, w, (uint64_t)ROWS * COLS));
+        for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
+            sov_isa use = (sov_isa)isa;
+            if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
+            for (int i = 0; i < TOK * ROWS; i++) y[isa][i] = -1234.5f;
+            sov_matmul_rows(use, t, w, COLS, R0, ROWS, x, xq, TOK, y[isa], ROWS);
+        }
+        CHECK(sov_tensor_dequantize(t, w, ref, (uint64_t)ROWS * COLS) == SOV_OK);
+        int bad_bits = 0, bad_value = 0, touched = 0;
+        for (int tok = 0; tok < TOK; tok++) {
+            for (int r = 0; r < ROWS; r++) {
+                float s = y[0][tok * ROWS + r];
+                if (r < R0) {
+                    touched += s != -1234.5f || y[1][tok * ROWS + r] != -1234.5f || y[2][tok * ROWS + r] != -1234.5f;
+                    continue;
+                }
+                bad_bits += memcmp(&s, &y[1][tok * ROWS + r], 4) != 0 || memcmp(&s, &y[2][tok * ROWS + r], 4) != 0;
+                double exact = 0, magnitude = 0;
+                for (int c = 0; c < COLS; c++) {
+                    const sov_q8k_block *xb = &xq[tok * (COLS / 256) + c / 256];
+                    double term = (double)ref[r * COLS + c] * xb->d * xb->q[c % 256];
+                    exact += term;
+                    magnitude += fabs(term);
+                }
+                bad_value += fabs(s - exact) > 1e-5 * magnitude + 1e-6;
+            }
+        }
+        CHECK(bad_bits == 0);
+        CHECK(bad_value == 0);
+        CHECK(touched == 0);
+        if (bad_bits || bad_value) fprintf(stderr, "  %s: %d products differ across kernel sets, %d from the reference\n", sov_tensor_type_name(t), bad_bits, bad_value);
     }
 }
 
@@ -635,6 +743,8 @@ int main(void) {
     test_fp16();
     test_dequantize();
     test_kernels_agree();
+    test_quantize_q8k();
+    test_kquant_kernels();
     test_gguf_metadata();
     test_gguf_nested_arrays();
     test_gguf_nested_array_limits();

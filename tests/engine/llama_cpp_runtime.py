@@ -46,11 +46,16 @@ _SILENT: Any = _make_silent()
 class LlamaCppModel:
     """One model file and one context. `embeddings=True` makes a mean-pooling embedding context."""
 
-    def __init__(self, path: Path, *, n_ctx: int = 1024, threads: int = 1, embeddings: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, n_ctx: int = 1024, threads: int = 1, embeddings: bool = False, extra_buffers: bool = True
+    ) -> None:
         lib = llama_cpp_library()
         self._lib = lib
         model_params = lib.llama_model_default_params()
         model_params.n_gpu_layers = 0
+        # False keeps the weights in llama.cpp's plain CPU buffers: no repacking, and none of the AMX
+        # buffers that its matmul uses for rows of 256 and more on CPUs with AMX.
+        model_params.use_extra_bufts = extra_buffers
         self._model = lib.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load {path}")

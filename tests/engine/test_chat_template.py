@@ -184,3 +184,17 @@ def test_template_helpers_and_loop_controls() -> None:
 def test_the_sandbox_blocks_attribute_escapes() -> None:
     with pytest.raises(ChatTemplateError, match="failed to render"):
         _render("{{ messages.__class__.__mro__[1].__subclasses__() }}", [{"role": "user", "content": "x"}])
+
+
+def test_templates_that_break_jinja2_give_clear_errors() -> None:
+    """Found by the chat-template fuzz target: jinja2's parser and a recursive macro both recurse past
+    Python's limit, and jinja2 turns a repeated keyword argument into Python that does not compile;
+    each must surface as ChatTemplateError, not RecursionError or SyntaxError."""
+    with pytest.raises(ChatTemplateError, match="keyword argument repeated"):
+        _render("{{ f(a=1, a=2) }}", [{"role": "user", "content": "x"}])
+    with pytest.raises(ChatTemplateError, match="nests too deeply"):
+        _render("{{" + "{" * 5000 + "}" * 5000 + "}}", [{"role": "user", "content": "x"}])
+    with pytest.raises(ChatTemplateError, match="failed to render"):
+        _render("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", [{"role": "user", "content": "x"}])
+    # positive control: the same shapes, shallow, render
+    assert _render("{{ {'a': {'b': 1}}['a']['b'] }}", [{"role": "user", "content": "x"}]) == [("1", False)]

@@ -3,7 +3,11 @@
 
 Bounds per type: F32, F16, BF16, Q8_0 and Q4_0 are one rounding of an exact product (or a plain
 widening), so they must be bit-identical. Q4_1 computes `nibble * d + m`; a fused multiply-add rounds
-once where numpy rounds twice, so it may differ by 1 ulp of the result, and by nothing more.
+once where numpy rounds twice, so it may differ by 1 ulp of the result, and by nothing more. The
+K-quants (Q4_K, Q5_K, Q6_K) round `d * scale`, `dmin * min`, the product with the quant and the
+difference separately, as numpy does, so they must be bit-identical too. The `gguf` package cannot
+quantise to K-quants, so their inputs are random raw super-blocks (finite fp16 scales) and the blocks
+llama.cpp writes.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ ULP_BOUND: dict[QType, int] = {
     QType.Q8_0: 0,
     QType.Q4_0: 0,
     QType.Q4_1: 1,
+    QType.Q4_K: 0,
+    QType.Q5_K: 0,
+    QType.Q6_K: 0,
 }
+K_QUANTS = [QType.Q4_K, QType.Q5_K, QType.Q6_K]
+# Byte offsets of the fp16 scales in each K-quant super-block: d and dmin lead Q4_K and Q5_K, d ends Q6_K.
+K_SCALE_OFFSETS: dict[QType, tuple[int, ...]] = {QType.Q4_K: (0, 2), QType.Q5_K: (0, 2), QType.Q6_K: (208,)}
 QUANTISED = [QType.F16, QType.BF16, QType.Q8_0, QType.Q4_0, QType.Q4_1]
 
 
@@ -104,6 +114,44 @@ def test_random_raw_blocks_dequantise_like_gguf(qtype: QType) -> None:
     raw[:, : 2 * halves] = header.view(np.uint8)
     assert np.isfinite(header.view(np.float16).astype(np.float32)).all()
     assert_matches(qtype, raw, blocks * block_elems)
+
+
+def random_k_blocks(qtype: QType, blocks: int, seed: int) -> U8:
+    """Arbitrary super-blocks whose fp16 scales are finite: the first 16 blocks' d (and dmin) run
+    through subnormal values and zero, the rest are random with exponent 31 (inf/nan) made 15."""
+    block_bytes = gguf.GGML_QUANT_SIZES[qtype][1]
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=(blocks, block_bytes), dtype=np.uint8)
+    for offset in K_SCALE_OFFSETS[qtype]:
+        half = raw[:, offset : offset + 2].copy().view(np.uint16)
+        half[(half & 0x7C00) == 0x7C00] &= 0xBFFF
+        half[:16] = np.arange(16, dtype=np.uint16)[:, None] * (offset + 1)
+        assert np.isfinite(half.view(np.float16)).all()
+        raw[:, offset : offset + 2] = half.view(np.uint8)
+    return raw
+
+
+@pytest.mark.parametrize("qtype", K_QUANTS, ids=lambda t: t.name)
+def test_random_k_quant_blocks_dequantise_like_gguf(qtype: QType) -> None:
+    blocks = 4096
+    assert_matches(qtype, random_k_blocks(qtype, blocks, seed=200 + int(qtype)), blocks * 256)
+
+
+@pytest.mark.parametrize("qtype", K_QUANTS, ids=lambda t: t.name)
+def test_k_quant_comparison_detects_one_changed_bit(qtype: QType) -> None:
+    """Positive control: one bit of one 6-bit scale (Q4_K, Q5_K) or of a 5th/6th quant bit changes our
+    output, only in that super-block, and the comparison with gguf still holds for the changed bytes."""
+    raw = random_k_blocks(qtype, 32, seed=7)
+    changed = raw.copy()
+    # Q4_K/Q5_K: byte 4 + 8 holds sub-block 4's low scale bits; Q6_K: byte 128 holds quant high bits.
+    byte = 12 if qtype != QType.Q6_K else 128
+    changed[20, byte] ^= 0x01
+    before, after = ours(qtype, raw, 32 * 256), ours(qtype, changed, 32 * 256)
+    differs = np.flatnonzero(before != after)
+    assert differs.size > 0
+    assert differs.min() >= 20 * 256
+    assert differs.max() < 21 * 256
+    assert_matches(qtype, changed, 32 * 256)
 
 
 def test_every_f16_and_bf16_bit_pattern() -> None:

@@ -225,3 +225,18 @@ def test_threads_share_one_parse_and_agree(model_path: Path, tokenizer: Tokenize
         results = list(pool.map(work, range(8)))
     assert {vocab_id for vocab_id, _ in results} == {id(tokenizer._vocab)}
     assert all(ids == expected for _, ids in results)
+
+
+def test_bytes_without_a_token_separate_their_neighbours_as_in_llama_cpp(
+    tokenizer: Tokenizer, llama_reference: LlamaCppVocab
+) -> None:
+    """Found by the tokenizer fuzz target: SmolLM2 has no token for six control bytes (0x04, 0x06, 0x13,
+    0x14, 0x16, 0x1d) nor for the UTF-8 lead bytes 0xf1 and 0xf2. llama.cpp drops such a byte but never
+    merges across it; `>` + 0x1d + `>` is two `>` tokens, not one `>>`."""
+    missing = "\x04\x06\x13\x14\x16\x1d"
+    texts = [f">{c}>" for c in missing] + ["  \x1d", f"the{missing}re", "ab\U00040000>>\U00080001>>"]
+    for text in texts:
+        assert tokenizer.tokenize(text) == llama_reference.tokenize(text), repr(text)
+    # positive control: without the byte, the neighbours merge
+    assert tokenizer.tokenize(">>") == llama_reference.tokenize(">>") != tokenizer.tokenize(">\x1d>")
+    assert tokenizer.detokenize(tokenizer.tokenize(">\x1d>")) == ">>"
