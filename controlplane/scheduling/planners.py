@@ -4,16 +4,19 @@
   is cheapest at the trace's peak while meeting the latency targets, sized for that peak at the fleet's
   target utilisation. Requests are served from their tenant's home region. It knows the whole trace's
   peak in advance, which makes it a strong baseline.
-- ``DynamicPlanner``: it starts warm, as a system that has been running would: its first fleet is
+- ``DynamicPlanner``: it starts warm, as a system that had been running would: its first fleet is
   planned from the first ``history`` windows' demand, and it keeps one instance for every group the
   previous ``keep_warm`` windows would have shown it (taken from the trace's first ones). Then, at each
-  window boundary, the demand of the last ``history`` windows (the largest
-  of each group's, a forecast without knowledge of the future) is packed onto the cheapest set of
-  instances that serves it at the fleet's target utilisation: the same integer programme as the
-  optimum's (optimal.py), solved on the forecast instead of the truth. Scale-downs wait until the
-  lower count has held for the provisioning delay, so that capacity is never let go while its
-  replacement is still coming up. Mixing classes and pooling across allowed regions can be switched
-  off, to measure what each brings.
+  window boundary, it forecasts each group's demand as the largest of its last ``history`` windows (no
+  knowledge of the future) and packs the forecast onto the cheapest set of instances, choosing the
+  accelerator classes and the regions each group's allowance permits: the same integer programme as the
+  optimum's (optimal.py), at the fleet's target utilisation (batch, which may wait minutes, at
+  ``batch_utilisation``). The programme knows the fleet it has: every instance beyond it costs
+  ``change_cost_windows`` windows of its price on top, so it keeps what runs unless a change pays for
+  itself (no flapping between classes). Scale-ups are ordered at once; where a model's fleet is changing
+  (instances ordered or still provisioning), what the last plans had stays until the replacements are
+  up; elsewhere the forecast's look-back is the scale-down hysteresis. Mixing classes and pooling across
+  allowed regions can be switched off, to measure what each brings.
 - ``OptimalPlanner`` (optimal.py): the same windows with perfect knowledge, solved exactly.
 
 Work is measured in instance-seconds (``PoolSpec.work_s``): prompts hold the replica's compute, output
@@ -126,7 +129,11 @@ class DynamicPlanner:
         static_types: Mapping[tuple[str, str], str] | None = None,
         history: int = 3,
         keep_warm: int = 60,
-        time_limit_s: float = 5.0,
+        utilisation: float | None = None,
+        batch_utilisation: float = 1.0,
+        change_cost_windows: float = 1.0,
+        time_limit_s: float = 2.0,
+        rel_gap: float = 1e-3,
     ) -> None:
         self.first_window = dict(first_window)
         self.warm_groups = warm_groups
@@ -136,8 +143,12 @@ class DynamicPlanner:
             raise ValueError("without mixing, each region and model needs its static class")
         self.history = history
         self.keep_warm = keep_warm
+        self.utilisation = utilisation
+        self.batch_utilisation = batch_utilisation
+        self.change_cost_windows = change_cost_windows
         self.recent: list[Mapping[int, int]] = []
         self.time_limit_s = time_limit_s
+        self.rel_gap = rel_gap
         self._highs: highspy.Highs | None = None
 
     def forecast(self, sim: Simulation, window: int) -> dict[GroupKey, Demand]:
@@ -168,23 +179,44 @@ class DynamicPlanner:
 
     def plan(self, sim: Simulation, window: int) -> Mapping[int, int]:
         fleet = sim.fleet
+        now = window * fleet.window_s
         if self._highs is None:
-            self._highs = solver_new(self.time_limit_s)
+            self._highs = solver_new(self.time_limit_s, rel_gap=self.rel_gap)
+        target = fleet.target_utilisation if self.utilisation is None else self.utilisation
+        current: dict[int, int] = {}
+        provisioning: set[str] = set()
+        for pool in sim.pools:
+            active = sim.active(pool)
+            if active:
+                current[pool.index] = len(active)
+                if any(i.ready_at > now for i in active):
+                    provisioning.add(pool.model)
+
+        def utilisation(key: GroupKey) -> float:
+            # batch may wait (minutes): its work can fill an instance; the others keep headroom
+            return self.batch_utilisation if key[2] == "batch" else target
+
         solution = pack(
             self._highs,
             sim=sim,
             groups=self.forecast(sim, window),
-            utilisation=fleet.target_utilisation,
+            utilisation=utilisation,
             options=lambda key: self.options(sim, key),
+            current=current if window > 0 else None,
+            start_cost=self.change_cost_windows,
         )
         planned = solution.instances
-        # Scale up at once; scale down only once the lower count has held for as long as provisioning
-        # takes, so that capacity is never let go while its replacement is still coming up.
+        # Scale up at once. Where a model's fleet is changing (instances ordered now or still coming
+        # up), what it had in the last windows stays until the replacements are up, so that capacity
+        # is never let go before its replacement serves; elsewhere the forecast (the largest of the
+        # last windows) is the hysteresis.
+        changing = provisioning | {sim.pools[i].model for i, n in planned.items() if n > current.get(i, 0)}
         self.recent.append(planned)
         hold = 1 + math.ceil(fleet.provision_delay_s / fleet.window_s)
         del self.recent[:-hold]
-        kept: dict[int, int] = {}
+        kept: dict[int, int] = dict(planned)
         for past in self.recent:
             for index, count in past.items():
-                kept[index] = max(kept.get(index, 0), count)
+                if sim.pools[index].model in changing:
+                    kept[index] = max(kept.get(index, 0), count)
         return kept

@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 from controlplane.inference.management.commands.simulate import traces_dir
 from controlplane.scheduling.calibration import calibrate
 from controlplane.scheduling.costs import OwnedDevice, OwnedEnergy, cost_table
+from controlplane.scheduling.optimal import pack, solver_new
 from controlplane.scheduling.policy import place
 from controlplane.scheduling.pools import hardware_read
 from controlplane.scheduling.runner import HARDWARE_FILE, RunSpec, simulation_run
 from controlplane.scheduling.scenario import DEFAULT_FLEET, ScenarioError, fleet_load
-from controlplane.scheduling.simulator import Instance, Simulation, representatives
+from controlplane.scheduling.simulator import Demand, GroupKey, Instance, Simulation, representatives
 from controlplane.scheduling.traces import TraceError, detect_unit, parse_columns, trace_load
 from tests.scheduling.builders import host, request
 
@@ -71,6 +72,9 @@ def test_costs_add_up_and_the_optimum_bounds_the_online_policies(reports: dict[s
     assert 0 < bound <= reports["dynamic"]["total_cost_usd"]
     assert bound <= reports["static"]["total_cost_usd"]
     assert reports["optimal"]["executed_cost_usd"] >= bound
+    # the bound over all windows at once, provisioning paid, is tighter and still under the online policies
+    provisioned = reports["optimal"]["provisioned_bound_usd"]
+    assert bound * 0.999 <= provisioned <= reports["dynamic"]["total_cost_usd"]
     # static pins one class per region and model for the whole run: its pools are listed
     assert reports["static"]["static_pools"]
 
@@ -195,3 +199,34 @@ def test_fleet_files_refuse_provisioning_or_billing_under_a_minute(tmp_path: Pat
     bad.write_text(json.dumps(data))
     with pytest.raises(ScenarioError, match="at least 60 s"):
         fleet_load(bad)
+
+
+def test_the_dynamic_planner_keeps_its_fleet_unless_a_change_pays_for_itself() -> None:
+    """The packing programme with the current fleet: a new instance costs its start on top, so a pool that
+    already runs keeps the demand unless another is cheaper by more than that."""
+    sim = simulation_run(RunSpec(trace=CONV, policy="static", duration_s=30.0)).simulation
+    key: GroupKey = (frozenset({"iad"}), "Qwen2.5-7B-Instruct", "interactive")
+    options = sim.feasible(*key)
+    cheapest = min(options, key=lambda p: (p.usd_per_hour, p.index))
+    dearer = min((p for p in options if p.usd_per_hour > cheapest.usd_per_hour), key=lambda p: p.usd_per_hour)
+    small = {key: Demand(count=1, input_tokens=100, output_tokens=10)}
+    highs = solver_new(5.0)
+
+    def plan(current: dict[int, int] | None, start_cost: float) -> dict[int, int]:
+        return pack(highs, sim=sim, groups=small, utilisation=0.9, options=lambda k: options,
+                    current=current, start_cost=start_cost).instances  # fmt: skip
+
+    assert plan(None, 0.0) == {cheapest.index: 1}
+    # running the dearer class already: switching would cost the cheaper one's start, more than it saves
+    ratio = float(dearer.usd_per_hour / cheapest.usd_per_hour)
+    assert plan({dearer.index: 1}, start_cost=ratio) == {dearer.index: 1}
+    assert plan({dearer.index: 1}, start_cost=0.0) == {cheapest.index: 1}
+
+
+def test_the_rate_scale_multiplies_the_volume_and_keeps_the_shape() -> None:
+    once = simulation_run(RunSpec(trace=CONV, policy="static", duration_s=30.0, seed=2)).report
+    thrice = simulation_run(RunSpec(trace=CONV, policy="static", duration_s=30.0, seed=2, rate_scale=3)).report
+    assert thrice["requests"] == once["requests"]  # the trace's own rows
+    assert thrice["served"] + thrice["quota_rejections"] + thrice["refused_context"] == 3 * once["requests"]
+    with pytest.raises(ValueError, match="rate scale"):
+        simulation_run(RunSpec(trace=CONV, policy="static", duration_s=30.0, rate_scale=0))
