@@ -123,7 +123,11 @@ def _llama(path: str, threads: int, prompts: list[list[int]], gen: int, batches:
 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
     lc.llama_backend_init()
-    model = lc.llama_model_load_from_file(path.encode(), lc.llama_model_default_params())
+    model_params = lc.llama_model_default_params()
+    # plain CPU buffers: llama.cpp's AMX buffers crash it on the AMX virtual machines we run on (see
+    # bench/llama_server_plain.py); without AMX they are what it uses for this file anyway
+    model_params.use_extra_bufts = False
+    model = lc.llama_model_load_from_file(path.encode(), model_params)
     vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))
     side = Side()
 

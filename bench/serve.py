@@ -948,7 +948,8 @@ def run(args: argparse.Namespace, plan: Plan) -> Results:
         phase("start llama.cpp server (n_threads 1, interrupt_requests False)")
         llama_port = free_port()
         processes.start("llama-cpp-server", [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", ANCHOR_ALIAS,
+            sys.executable, str(Path(__file__).with_name("llama_server_plain.py")), "--model", str(path),
+            "--model_alias", ANCHOR_ALIAS,
             "--host", "127.0.0.1", "--port", str(llama_port), "--n_threads", "1", "--n_threads_batch", "1",
             "--n_ctx", "2048", "--interrupt_requests", "False", "--verbose", "False",
         ], base_env)  # fmt: skip

@@ -52,15 +52,37 @@ run_pytest() {
   return $rc
 }
 
+# The static checks need only the installed project: they run beside the native build and tests (mostly
+# one core each), and report when those are done. Their output is shown as one block.
+static_checks() {
+  phase ruff       .venv/bin/ruff check .
+  phase mypy       .venv/bin/mypy .
+  phase imports    .venv/bin/lint-imports
+  phase schema     schema_check
+  printf '%s\n' "${PHASES[@]}" > "$STATIC_DIR/phases"
+  echo "$FAILED" > "$STATIC_DIR/failed"
+}
+
 phase setup      make --no-print-directory setup
+STATIC_DIR=$(mktemp -d)
+( PHASES=(); FAILED=""; static_checks > "$STATIC_DIR/log" 2>&1 ) &
+static_pid=$!
+echo "==> [static] ruff, mypy, import contracts and the schema check run in the background"
 phase native     make --no-print-directory native
 phase native-test make --no-print-directory -C native test PYTHON="$PWD/$PY"
 phase sanitize   make --no-print-directory -C native sanitize PYTHON="$PWD/$PY"
 phase services   services
-phase ruff       .venv/bin/ruff check .
-phase mypy       .venv/bin/mypy .
-phase imports    .venv/bin/lint-imports
-phase schema     schema_check
+static_wait_start=$(date +%s)
+wait "$static_pid"
+echo "==> [static] output (waited $(( $(date +%s) - static_wait_start ))s for it after the native phases):"
+cat "$STATIC_DIR/log"
+if [ -s "$STATIC_DIR/phases" ]; then
+  while IFS= read -r line; do PHASES+=("$line  (in parallel)"); done < "$STATIC_DIR/phases"
+else
+  PHASES+=("static        ?       FAILED (no result)"); FAILED="$FAILED static"
+fi
+FAILED="$FAILED$(cat "$STATIC_DIR/failed" 2>/dev/null)"
+rm -rf "$STATIC_DIR"
 phase pytest     run_pytest tests --durations=12
 phase bench      $PY bench/run.py --tiny
 

@@ -47,14 +47,16 @@ class LlamaCppModel:
     """One model file and one context. `embeddings=True` makes a mean-pooling embedding context."""
 
     def __init__(
-        self, path: Path, *, n_ctx: int = 1024, threads: int = 1, embeddings: bool = False, extra_buffers: bool = True
+        self, path: Path, *, n_ctx: int = 1024, threads: int = 1, embeddings: bool = False, extra_buffers: bool = False
     ) -> None:
         lib = llama_cpp_library()
         self._lib = lib
         model_params = lib.llama_model_default_params()
         model_params.n_gpu_layers = 0
-        # False keeps the weights in llama.cpp's plain CPU buffers: no repacking, and none of the AMX
-        # buffers that its matmul uses for rows of 256 and more on CPUs with AMX.
+        # False (the default) keeps the weights in llama.cpp's plain CPU buffers: no repacking, and none
+        # of the AMX buffers its matmul uses on CPUs with AMX, which crash it on the AMX virtual
+        # machines we run on (a segmentation fault on the first prompt). Without AMX the plain buffers
+        # are what llama.cpp uses for our files anyway.
         model_params.use_extra_bufts = extra_buffers
         self._model = lib.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
