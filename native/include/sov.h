@@ -57,7 +57,7 @@ typedef enum sov_gguf_type {
 /* Tensor element types (the numbering is GGUF's). */
 typedef enum sov_tensor_type {
     SOV_TYPE_F32 = 0, SOV_TYPE_F16 = 1, SOV_TYPE_Q4_0 = 2, SOV_TYPE_Q4_1 = 3,
-    SOV_TYPE_Q8_0 = 8, SOV_TYPE_Q4_K = 12, SOV_TYPE_Q5_K = 13, SOV_TYPE_Q6_K = 14, SOV_TYPE_BF16 = 30
+    SOV_TYPE_Q5_0 = 6, SOV_TYPE_Q5_1 = 7, SOV_TYPE_Q8_0 = 8, SOV_TYPE_Q4_K = 12, SOV_TYPE_Q5_K = 13, SOV_TYPE_Q6_K = 14, SOV_TYPE_BF16 = 30
 } sov_tensor_type;
 
 /* An array of metadata values, owned by its sov_gguf. Arrays may nest (at most 8 deep). */

@@ -1,4 +1,4 @@
-/* tensor.c: tensor types (F32, F16, BF16, Q8_0, Q4_0, Q4_1 and the K-quants Q4_K, Q5_K, Q6_K),
+/* tensor.c: tensor types (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q4_K, Q5_K, Q6_K),
  * dequantisation, activation quantisation and the dot-product kernels, in portable C and in AVX2 /
  * AVX-512 VNNI variants picked at run time (the build needs no -march). */
 #include "internal.h"
@@ -21,11 +21,17 @@
 
 typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;              /* x = (nibble - 8) * d */
 typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;           /* x = nibble * d + m */
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0; /* x = (q - 16) * d */
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1; /* x = q * d + m */
 typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;                   /* x = q * d */
-/* In the nibble types byte j holds element j (low nibble) and element j + 16 (high nibble). */
+/* In the nibble types byte j holds element j (low nibble) and element j + 16 (high nibble). Q5_0 and
+ * Q5_1 add a fifth bit: element j's is bit j of qh read as a little-endian 32-bit word, so q is the
+ * nibble plus 16 times that bit. */
 
 _Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
 _Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
+_Static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
+_Static_assert(sizeof(block_q5_1) == 24, "Q5_1 block is 24 bytes");
 _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
 
 /* K-quants: super-blocks of 256 elements. Q4_K and Q5_K split theirs into eight sub-blocks of 32,
@@ -84,7 +90,7 @@ static uint16_t load_u16(const void *p) {
 uint32_t sov_type_block_elems(uint32_t type) {
     switch (type) {
     case SOV_TYPE_F32: case SOV_TYPE_F16: case SOV_TYPE_BF16: return 1;
-    case SOV_TYPE_Q4_0: case SOV_TYPE_Q4_1: case SOV_TYPE_Q8_0: return QK;
+    case SOV_TYPE_Q4_0: case SOV_TYPE_Q4_1: case SOV_TYPE_Q5_0: case SOV_TYPE_Q5_1: case SOV_TYPE_Q8_0: return QK;
     case SOV_TYPE_Q4_K: case SOV_TYPE_Q5_K: case SOV_TYPE_Q6_K: return QK_K;
     default: return 0;
     }
@@ -96,6 +102,8 @@ uint32_t sov_type_block_bytes(uint32_t type) {
     case SOV_TYPE_F16: case SOV_TYPE_BF16: return 2;
     case SOV_TYPE_Q4_0: return sizeof(block_q4_0);
     case SOV_TYPE_Q4_1: return sizeof(block_q4_1);
+    case SOV_TYPE_Q5_0: return sizeof(block_q5_0);
+    case SOV_TYPE_Q5_1: return sizeof(block_q5_1);
     case SOV_TYPE_Q8_0: return sizeof(block_q8_0);
     case SOV_TYPE_Q4_K: return sizeof(block_q4_k);
     case SOV_TYPE_Q5_K: return sizeof(block_q5_k);
@@ -111,6 +119,8 @@ const char *sov_tensor_type_name(uint32_t type) {
     case SOV_TYPE_BF16: return "BF16";
     case SOV_TYPE_Q4_0: return "Q4_0";
     case SOV_TYPE_Q4_1: return "Q4_1";
+    case SOV_TYPE_Q5_0: return "Q5_0";
+    case SOV_TYPE_Q5_1: return "Q5_1";
     case SOV_TYPE_Q8_0: return "Q8_0";
     case SOV_TYPE_Q4_K: return "Q4_K";
     case SOV_TYPE_Q5_K: return "Q5_K";
@@ -128,11 +138,16 @@ sov_status sov_tensor_row_size(uint32_t type, uint64_t n, uint64_t *bytes) {
 }
 
 bool sov_type_uses_q8(uint32_t type) {
-    return type == SOV_TYPE_Q4_0 || type == SOV_TYPE_Q4_1 || type == SOV_TYPE_Q8_0;
+    return type == SOV_TYPE_Q4_0 || type == SOV_TYPE_Q4_1 || type == SOV_TYPE_Q5_0 || type == SOV_TYPE_Q5_1 || type == SOV_TYPE_Q8_0;
 }
 
 bool sov_type_uses_q8k(uint32_t type) {
     return type == SOV_TYPE_Q4_K || type == SOV_TYPE_Q5_K || type == SOV_TYPE_Q6_K;
+}
+
+/* Bit k of a Q5_0/Q5_1 block's qh word: the fifth bit of element k. */
+static uint32_t q5_high_bits(const uint8_t qh[4]) {
+    return (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
 }
 
 /* The eight 6-bit scales and mins of a Q4_K or Q5_K super-block: sub-blocks 0-3 in the low six
@@ -179,6 +194,33 @@ sov_status sov_tensor_dequantize(uint32_t type, const void *src, float *dst, uin
                 float lo = d * (float)(blk->qs[j] & 0x0f), hi = d * (float)(blk->qs[j] >> 4);
                 dst[b * QK + j] = lo + m;
                 dst[b * QK + j + QK / 2] = hi + m;
+            }
+        }
+        break;
+    case SOV_TYPE_Q5_0:
+        for (uint64_t b = 0; b < n / QK; b++) {
+            const block_q5_0 *blk = (const block_q5_0 *)(p + b * sizeof(block_q5_0));
+            float d = sov_fp16_to_fp32(load_u16(&blk->d));
+            uint32_t qh = q5_high_bits(blk->qh);
+            for (int j = 0; j < QK / 2; j++) {
+                int lo = (blk->qs[j] & 0x0f) | (int)((qh >> j) & 1) << 4;
+                int hi = (blk->qs[j] >> 4) | (int)((qh >> (j + QK / 2)) & 1) << 4;
+                dst[b * QK + j] = d * (float)(lo - 16);
+                dst[b * QK + j + QK / 2] = d * (float)(hi - 16);
+            }
+        }
+        break;
+    case SOV_TYPE_Q5_1:
+        for (uint64_t b = 0; b < n / QK; b++) {
+            const block_q5_1 *blk = (const block_q5_1 *)(p + b * sizeof(block_q5_1));
+            float d = sov_fp16_to_fp32(load_u16(&blk->d)), m = sov_fp16_to_fp32(load_u16(&blk->m));
+            uint32_t qh = q5_high_bits(blk->qh);
+            for (int j = 0; j < QK / 2; j++) {
+                int lo = (blk->qs[j] & 0x0f) | (int)((qh >> j) & 1) << 4;
+                int hi = (blk->qs[j] >> 4) | (int)((qh >> (j + QK / 2)) & 1) << 4;
+                float vlo = d * (float)lo, vhi = d * (float)hi;
+                dst[b * QK + j] = vlo + m;
+                dst[b * QK + j + QK / 2] = vhi + m;
             }
         }
         break;
@@ -247,12 +289,12 @@ bool sov_tensor_all_finite(uint32_t type, const void *data, uint64_t n) {
     case SOV_TYPE_BF16:
         for (uint64_t i = 0; i < n; i++) if (((load_u16(p + 2 * i) >> 7) & 0xff) == 0xff) return false;
         return true;
-    case SOV_TYPE_Q4_0: case SOV_TYPE_Q8_0: {
+    case SOV_TYPE_Q4_0: case SOV_TYPE_Q5_0: case SOV_TYPE_Q8_0: {
         uint32_t bb = sov_type_block_bytes(type);
         for (uint64_t b = 0; b < n / QK; b++) if (!fp16_finite(load_u16(p + b * bb))) return false;
         return true;
     }
-    case SOV_TYPE_Q4_1: case SOV_TYPE_Q4_K: case SOV_TYPE_Q5_K: {
+    case SOV_TYPE_Q4_1: case SOV_TYPE_Q5_1: case SOV_TYPE_Q4_K: case SOV_TYPE_Q5_K: {
         /* d and m (or dmin) lead the block */
         uint32_t be = sov_type_block_elems(type), bb = sov_type_block_bytes(type);
         for (uint64_t b = 0; b < n / be; b++) {
@@ -453,12 +495,15 @@ static float dot_bf16_scalar(const void *w, const float *x, uint64_t n) {
     return s;
 }
 
-/* Lane l of a block product sums elements 4l..4l+3 of the unpacked block (low nibbles first). */
-static void nibble_lanes(const uint8_t *qs, const int8_t *q, int32_t *lanes) {
+/* Lane l of a block product sums elements 4l..4l+3 of the unpacked block (low nibbles first), each
+ * with its fifth bit from qh for Q5_0/Q5_1 (qh NULL for the four-bit types). */
+static void nibble_lanes(const uint8_t *qs, const uint8_t *qh, const int8_t *q, int32_t *lanes) {
+    uint32_t high = qh ? q5_high_bits(qh) : 0;
     for (int l = 0; l < 8; l++) {
         int32_t sum = 0;
         for (int k = 4 * l; k < 4 * l + 4; k++) {
             int nib = k < 16 ? (qs[k] & 0x0f) : (qs[k - 16] >> 4);
+            nib |= (int)((high >> k) & 1) << 4;
             sum += nib * q[k];
         }
         lanes[l] = sum;
@@ -470,7 +515,7 @@ static float dot_q4_0_scalar(const void *w, const sov_q8_block *x, uint64_t nb) 
     float acc[8] = {0}, corr = 0.0f;
     int32_t lanes[8];
     for (uint64_t b = 0; b < nb; b++) {
-        nibble_lanes(a[b].qs, x[b].q, lanes);
+        nibble_lanes(a[b].qs, NULL, x[b].q, lanes);
         float dw = sov_fp16_to_fp32(a[b].d), scale = dw * x[b].d;
         for (int l = 0; l < 8; l++) acc[l] = fmaf(scale, (float)lanes[l], acc[l]);
         corr += dw * x[b].s;
@@ -483,7 +528,34 @@ static float dot_q4_1_scalar(const void *w, const sov_q8_block *x, uint64_t nb) 
     float acc[8] = {0}, mins = 0.0f;
     int32_t lanes[8];
     for (uint64_t b = 0; b < nb; b++) {
-        nibble_lanes(a[b].qs, x[b].q, lanes);
+        nibble_lanes(a[b].qs, NULL, x[b].q, lanes);
+        float scale = sov_fp16_to_fp32(a[b].d) * x[b].d;
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(scale, (float)lanes[l], acc[l]);
+        mins += sov_fp16_to_fp32(a[b].m) * x[b].s;
+    }
+    return hsum8(acc) + mins;
+}
+
+/* Q5_0 and Q5_1 as Q4_0 and Q4_1, with five-bit quants (Q5_0's offset is 16) */
+static float dot_q5_0_scalar(const void *w, const sov_q8_block *x, uint64_t nb) {
+    const block_q5_0 *a = w;
+    float acc[8] = {0}, corr = 0.0f;
+    int32_t lanes[8];
+    for (uint64_t b = 0; b < nb; b++) {
+        nibble_lanes(a[b].qs, a[b].qh, x[b].q, lanes);
+        float dw = sov_fp16_to_fp32(a[b].d), scale = dw * x[b].d;
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(scale, (float)lanes[l], acc[l]);
+        corr += dw * x[b].s;
+    }
+    return hsum8(acc) - 16.0f * corr;
+}
+
+static float dot_q5_1_scalar(const void *w, const sov_q8_block *x, uint64_t nb) {
+    const block_q5_1 *a = w;
+    float acc[8] = {0}, mins = 0.0f;
+    int32_t lanes[8];
+    for (uint64_t b = 0; b < nb; b++) {
+        nibble_lanes(a[b].qs, a[b].qh, x[b].q, lanes);
         float scale = sov_fp16_to_fp32(a[b].d) * x[b].d;
         for (int l = 0; l < 8; l++) acc[l] = fmaf(scale, (float)lanes[l], acc[l]);
         mins += sov_fp16_to_fp32(a[b].m) * x[b].s;
@@ -631,6 +703,17 @@ AVX2_TARGET static inline __m256i unpack_nibbles(const uint8_t *qs) {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
 }
 
+/* Q5_0/Q5_1: the 32 five-bit quants of a block, in element order. Byte k of the shuffle holds byte
+ * k / 8 of qh; OR-ing every bit but bit k % 8 and comparing with all ones tests bit k. */
+AVX2_TARGET static inline __m256i unpack_q5(const uint8_t *qs, const uint8_t *qh) {
+    uint32_t bits;
+    memcpy(&bits, qh, 4);
+    __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
+                                         _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+    __m256i set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi8(-1));
+    return _mm256_or_si256(unpack_nibbles(qs), _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+}
+
 AVX2_TARGET static inline __m256i dot_u8s8_avx2(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
@@ -658,6 +741,29 @@ VNNI_TARGET static inline __m256i dot_u8s8_vnni(__m256i u, __m256i s) {
         float mins = 0.0f;                                                                                           \
         for (uint64_t b = 0; b < nb; b++) {                                                                          \
             __m256i p = DOT_U8S8(unpack_nibbles(a[b].qs), _mm256_loadu_si256((const __m256i *)x[b].q));            \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(a[b].d) * x[b].d), _mm256_cvtepi32_ps(p), acc);          \
+            mins += _cvtsh_ss(a[b].m) * x[b].s;                                                                      \
+        }                                                                                                            \
+        return hsum_avx2(acc) + mins;                                                                                \
+    }                                                                                                                \
+    TARGET static float dot_q5_0_##SUFFIX(const void *w, const sov_q8_block *x, uint64_t nb) {                     \
+        const block_q5_0 *a = w;                                                                                     \
+        __m256 acc = _mm256_setzero_ps();                                                                            \
+        float corr = 0.0f;                                                                                           \
+        for (uint64_t b = 0; b < nb; b++) {                                                                          \
+            __m256i p = DOT_U8S8(unpack_q5(a[b].qs, a[b].qh), _mm256_loadu_si256((const __m256i *)x[b].q));        \
+            float dw = _cvtsh_ss(a[b].d);                                                                            \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * x[b].d), _mm256_cvtepi32_ps(p), acc);                         \
+            corr += dw * x[b].s;                                                                                     \
+        }                                                                                                            \
+        return hsum_avx2(acc) - 16.0f * corr;                                                                        \
+    }                                                                                                                \
+    TARGET static float dot_q5_1_##SUFFIX(const void *w, const sov_q8_block *x, uint64_t nb) {                     \
+        const block_q5_1 *a = w;                                                                                     \
+        __m256 acc = _mm256_setzero_ps();                                                                            \
+        float mins = 0.0f;                                                                                           \
+        for (uint64_t b = 0; b < nb; b++) {                                                                          \
+            __m256i p = DOT_U8S8(unpack_q5(a[b].qs, a[b].qh), _mm256_loadu_si256((const __m256i *)x[b].q));        \
             acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(a[b].d) * x[b].d), _mm256_cvtepi32_ps(p), acc);          \
             mins += _cvtsh_ss(a[b].m) * x[b].s;                                                                      \
         }                                                                                                            \
@@ -903,6 +1009,8 @@ static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
         switch (type) {
         case SOV_TYPE_Q4_0: return dot_q4_0_vnni;
         case SOV_TYPE_Q4_1: return dot_q4_1_vnni;
+        case SOV_TYPE_Q5_0: return dot_q5_0_vnni;
+        case SOV_TYPE_Q5_1: return dot_q5_1_vnni;
         case SOV_TYPE_Q8_0: return dot_q8_0_vnni;
         default: return NULL;
         }
@@ -911,6 +1019,8 @@ static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
         switch (type) {
         case SOV_TYPE_Q4_0: return dot_q4_0_avx2;
         case SOV_TYPE_Q4_1: return dot_q4_1_avx2;
+        case SOV_TYPE_Q5_0: return dot_q5_0_avx2;
+        case SOV_TYPE_Q5_1: return dot_q5_1_avx2;
         case SOV_TYPE_Q8_0: return dot_q8_0_avx2;
         default: return NULL;
         }
@@ -920,6 +1030,8 @@ static dot_q8_fn pick_q8_dot(sov_isa isa, uint32_t type) {
     switch (type) {
     case SOV_TYPE_Q4_0: return dot_q4_0_scalar;
     case SOV_TYPE_Q4_1: return dot_q4_1_scalar;
+    case SOV_TYPE_Q5_0: return dot_q5_0_scalar;
+    case SOV_TYPE_Q5_1: return dot_q5_1_scalar;
     case SOV_TYPE_Q8_0: return dot_q8_0_scalar;
     default: return NULL;
     }

@@ -144,6 +144,23 @@ static void test_dequantize(void) {
     memset(q40 + 2, 0x98, 16);
     CHECK(sov_tensor_dequantize(SOV_TYPE_Q4_0, q40, out, 32) == SOV_OK);
     CHECK(out[0] == 0.0f && out[16] == 2.0f);
+    /* Q5_0: d = 2, nibbles 0x98 as for Q4_0, qh sets the fifth bit of elements 0, 9 and 31 */
+    uint8_t q50[22];
+    memcpy(q50, &two, 2);
+    uint32_t high = 1u | 1u << 9 | 1u << 31;
+    memcpy(q50 + 2, &high, 4);
+    memset(q50 + 6, 0x98, 16);
+    CHECK(sov_tensor_dequantize(SOV_TYPE_Q5_0, q50, out, 32) == SOV_OK);
+    CHECK(out[0] == 16.0f && out[1] == -16.0f && out[9] == 16.0f && out[16] == -14.0f && out[31] == 18.0f);
+    /* Q5_1: d = 0.5, m = -1, the Q4_1 nibbles, fifth bit on elements 15 and 16 */
+    uint8_t q51[24];
+    memcpy(q51, &d, 2);
+    memcpy(q51 + 2, &m, 2);
+    high = 1u << 15 | 1u << 16;
+    memcpy(q51 + 4, &high, 4);
+    memcpy(q51 + 8, q41 + 4, 16);
+    CHECK(sov_tensor_dequantize(SOV_TYPE_Q5_1, q51, out, 32) == SOV_OK);
+    CHECK(out[0] == -1.0f && out[14] == 6.0f && out[15] == 14.5f && out[16] == 14.5f && out[17] == 6.0f && out[31] == -1.0f);
     /* Q4_K and Q5_K: d = 1, dmin = 0.5; sub-block 0 has scale 1 and min 2, sub-block 4 scale 19
      * and min 37 (their top bits in bytes 0 and 4), the others zero; every nibble pair is 0x53 */
     uint8_t qk[176] = {0x00, 0x3c, 0x00, 0x38, 0x41, 0, 0, 0, 0x82, 0, 0, 0, 0x53, 0, 0, 0};
@@ -169,6 +186,10 @@ static void test_dequantize(void) {
     CHECK(sov_tensor_row_size(SOV_TYPE_Q5_K, 288, &bytes) == SOV_ERR_INVALID_ARGUMENT);
     CHECK(sov_tensor_row_size(SOV_TYPE_Q8_0, 64, &bytes) == SOV_OK && bytes == 68);
     CHECK(sov_tensor_row_size(SOV_TYPE_Q8_0, 33, &bytes) == SOV_ERR_INVALID_ARGUMENT);
+    CHECK(sov_tensor_row_size(SOV_TYPE_Q5_0, 576, &bytes) == SOV_OK && bytes == 18 * 22);
+    CHECK(sov_tensor_row_size(SOV_TYPE_Q5_1, 896, &bytes) == SOV_OK && bytes == 28 * 24);
+    CHECK(sov_tensor_row_size(SOV_TYPE_Q5_1, 48, &bytes) == SOV_ERR_INVALID_ARGUMENT);
+    CHECK(strcmp(sov_tensor_type_name(SOV_TYPE_Q5_0), "Q5_0") == 0 && strcmp(sov_tensor_type_name(SOV_TYPE_Q5_1), "Q5_1") == 0);
     CHECK(sov_tensor_row_size(99, 32, &bytes) == SOV_ERR_UNSUPPORTED);
 }
 
@@ -176,7 +197,7 @@ static void test_dequantize(void) {
  * register-blocked tiles (4 rows x 8 tokens) and both remainders, rows and tokens. */
 static void test_kernels_agree(void) {
     enum { COLS = 256, ROWS = 10, TOK = 11 };
-    static const uint32_t types[] = {SOV_TYPE_F32, SOV_TYPE_F16, SOV_TYPE_BF16, SOV_TYPE_Q4_0, SOV_TYPE_Q4_1, SOV_TYPE_Q8_0};
+    static const uint32_t types[] = {SOV_TYPE_F32, SOV_TYPE_F16, SOV_TYPE_BF16, SOV_TYPE_Q4_0, SOV_TYPE_Q4_1, SOV_TYPE_Q5_0, SOV_TYPE_Q5_1, SOV_TYPE_Q8_0};
     float x[TOK * COLS];
     for (int i = 0; i < TOK * COLS; i++) x[i] = frand();
     uint8_t w[ROWS * COLS * 4];
@@ -189,11 +210,11 @@ static void test_kernels_agree(void) {
         /* keep the fp16/bf16 scales and values finite and small */
         if (t == SOV_TYPE_F32) for (int i = 0; i < ROWS * COLS; i++) ((float *)(void *)w)[i] = frand();
         if (t == SOV_TYPE_F16 || t == SOV_TYPE_BF16) for (uint64_t i = 0; i < bytes; i += 2) w[i + 1] = t == SOV_TYPE_F16 ? 0x38 : 0x3e;
-        if (t == SOV_TYPE_Q4_0 || t == SOV_TYPE_Q4_1 || t == SOV_TYPE_Q8_0) {
+        if (sov_type_uses_q8(t)) {
             uint32_t bb = sov_type_block_bytes(t);
             for (uint64_t b = 0; b < bytes / bb; b++) {
                 w[b * bb + 1] = 0x20;
-                if (t == SOV_TYPE_Q4_1) w[b * bb + 3] = 0xa0;
+                if (t == SOV_TYPE_Q4_1 || t == SOV_TYPE_Q5_1) w[b * bb + 3] = 0xa0;
             }
         }
         float y[3][TOK * ROWS];
@@ -218,6 +239,72 @@ static void test_kernels_agree(void) {
             }
         }
     }
+}
+
+/* Q5_0 and Q5_1 (random blocks: every fifth-bit pattern, scales and mins of either sign): every
+ * kernel set gives the same bits, and the products equal the dequantised weights times the dequantised
+ * Q8 activations up to float rounding. Rows 2..8 of 9 and 19 tokens, past one tile of 16 tokens. */
+static void test_q5_kernels(void) {
+    enum { COLS = 576, ROWS = 9, TOK = 19, R0 = 2 };
+    static const uint32_t types[] = {SOV_TYPE_Q5_0, SOV_TYPE_Q5_1};
+    static float x[TOK * COLS], ref[ROWS * COLS], y[3][TOK * ROWS];
+    static uint8_t w[ROWS * COLS];
+    static sov_q8_block xq[TOK * COLS / 32];
+    for (int i = 0; i < TOK * COLS; i++) x[i] = frand() * (i % 89 == 0 ? 8.0f : 1.0f);
+    for (int tok = 0; tok < TOK; tok++) sov_quantize_row_q8(SOV_ISA_SCALAR, x + tok * COLS, xq + tok * (COLS / 32), COLS);
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        uint32_t t = types[k];
+        uint64_t bytes;
+        CHECK(sov_type_uses_q8(t) && !sov_type_uses_q8k(t));
+        CHECK(sov_tensor_row_size(t, (uint64_t)ROWS * COLS, &bytes) == SOV_OK);
+        for (uint64_t i = 0; i < bytes; i++) w[i] = (uint8_t)((rng = rng * 6364136223846793005ull + 1442695040888963407ull) >> 56);
+        uint32_t bb = sov_type_block_bytes(t);
+        for (uint64_t b = 0; b < bytes / bb; b++) {
+            uint8_t *blk = w + b * bb;
+            blk[1] = (uint8_t)(0x20 | (blk[1] & 0x80));
+            if (t == SOV_TYPE_Q5_1) blk[3] = (uint8_t)(0x24 | (blk[3] & 0x80));
+        }
+        CHECK(sov_tensor_all_finite(t, w, (uint64_t)ROWS * COLS));
+        for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
+            sov_isa use = (sov_isa)isa;
+            if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
+            for (int i = 0; i < TOK * ROWS; i++) y[isa][i] = -1234.5f;
+            sov_matmul_rows(use, t, w, COLS, R0, ROWS, x, xq, TOK, y[isa], ROWS);
+        }
+        CHECK(sov_tensor_dequantize(t, w, ref, (uint64_t)ROWS * COLS) == SOV_OK);
+        int bad_bits = 0, bad_value = 0, touched = 0;
+        for (int tok = 0; tok < TOK; tok++) {
+            for (int r = 0; r < ROWS; r++) {
+                float s = y[0][tok * ROWS + r];
+                if (r < R0) {
+                    touched += s != -1234.5f || y[1][tok * ROWS + r] != -1234.5f || y[2][tok * ROWS + r] != -1234.5f;
+                    continue;
+                }
+                bad_bits += memcmp(&s, &y[1][tok * ROWS + r], 4) != 0 || memcmp(&s, &y[2][tok * ROWS + r], 4) != 0;
+                double exact = 0, magnitude = 0;
+                for (int c = 0; c < COLS; c++) {
+                    const sov_q8_block *xb = &xq[tok * (COLS / 32) + c / 32];
+                    double term = (double)ref[r * COLS + c] * xb->d * xb->q[c % 32];
+                    exact += term;
+                    magnitude += fabs(term);
+                }
+                bad_value += fabs(s - exact) > 1e-5 * magnitude + 1e-6;
+            }
+        }
+        CHECK(bad_bits == 0);
+        CHECK(bad_value == 0);
+        CHECK(touched == 0);
+        if (bad_bits || bad_value) fprintf(stderr, "  %s: %d products differ across kernel sets, %d from the reference\n", sov_tensor_type_name(t), bad_bits, bad_value);
+    }
+    /* one flipped fifth bit changes one block's dequantisation by 16 d */
+    float before[32], after[32];
+    uint8_t blk[22] = {0x00, 0x3c};
+    CHECK(sov_tensor_dequantize(SOV_TYPE_Q5_0, blk, before, 32) == SOV_OK);
+    blk[2 + 2] ^= 0x08; /* bit 19: element 19 */
+    CHECK(sov_tensor_dequantize(SOV_TYPE_Q5_0, blk, after, 32) == SOV_OK);
+    int changed = 0;
+    for (int j = 0; j < 32; j++) changed += before[j] != after[j];
+    CHECK(changed == 1 && after[19] - before[19] == 16.0f);
 }
 
 /* Q8_K activations: the value of largest magnitude maps to -127, every quant is within half a step
@@ -745,6 +832,7 @@ int main(void) {
     test_kernels_agree();
     test_quantize_q8k();
     test_kquant_kernels();
+    test_q5_kernels();
     test_gguf_metadata();
     test_gguf_nested_arrays();
     test_gguf_nested_array_limits();

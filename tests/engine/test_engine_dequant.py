@@ -1,9 +1,10 @@
 """Types: our dequantisation of every supported tensor type equals the `gguf` package's reference
 (`gguf.quants.dequantize`) on seeded random data, on random raw blocks and on the real model's tensors.
 
-Bounds per type: F32, F16, BF16, Q8_0 and Q4_0 are one rounding of an exact product (or a plain
+Bounds per type: F32, F16, BF16, Q8_0, Q4_0 and Q5_0 are one rounding of an exact product (or a plain
 widening), so they must be bit-identical. Q4_1 computes `nibble * d + m`; a fused multiply-add rounds
-once where numpy rounds twice, so it may differ by 1 ulp of the result, and by nothing more. The
+once where numpy rounds twice, so it may differ by 1 ulp of the result, and by nothing more. Q5_1
+rounds the product and the sum separately, as numpy does, so it must be bit-identical. The
 K-quants (Q4_K, Q5_K, Q6_K) round `d * scale`, `dmin * min`, the product with the quant and the
 difference separately, as numpy does, so they must be bit-identical too. The `gguf` package cannot
 quantise to K-quants, so their inputs are random raw super-blocks (finite fp16 scales) and the blocks
@@ -34,6 +35,8 @@ ULP_BOUND: dict[QType, int] = {
     QType.Q8_0: 0,
     QType.Q4_0: 0,
     QType.Q4_1: 1,
+    QType.Q5_0: 0,
+    QType.Q5_1: 0,
     QType.Q4_K: 0,
     QType.Q5_K: 0,
     QType.Q6_K: 0,
@@ -41,7 +44,9 @@ ULP_BOUND: dict[QType, int] = {
 K_QUANTS = [QType.Q4_K, QType.Q5_K, QType.Q6_K]
 # Byte offsets of the fp16 scales in each K-quant super-block: d and dmin lead Q4_K and Q5_K, d ends Q6_K.
 K_SCALE_OFFSETS: dict[QType, tuple[int, ...]] = {QType.Q4_K: (0, 2), QType.Q5_K: (0, 2), QType.Q6_K: (208,)}
-QUANTISED = [QType.F16, QType.BF16, QType.Q8_0, QType.Q4_0, QType.Q4_1]
+QUANTISED = [QType.F16, QType.BF16, QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1]
+# The 32-element types whose block leads with an fp16 scale and, for the `_1` types, an fp16 min.
+WITH_MIN = {QType.Q4_1, QType.Q5_1}
 
 
 def ours(qtype: QType, raw: U8, n: int) -> F32:
@@ -98,7 +103,7 @@ def test_quantised_random_values_dequantise_like_gguf(qtype: QType) -> None:
     assert_matches(qtype, raw, n)
 
 
-@pytest.mark.parametrize("qtype", [QType.Q8_0, QType.Q4_0, QType.Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1], ids=lambda t: t.name)
 def test_random_raw_blocks_dequantise_like_gguf(qtype: QType) -> None:
     """Arbitrary bytes, with every fp16 scale (and min) forced finite: subnormal, negative and huge
     scales included, which the quantiser never produces."""
@@ -106,7 +111,7 @@ def test_random_raw_blocks_dequantise_like_gguf(qtype: QType) -> None:
     blocks = 8192
     rng = np.random.default_rng(100 + int(qtype))
     raw = rng.integers(0, 256, size=(blocks, block_bytes), dtype=np.uint8)
-    halves = 2 if qtype == QType.Q4_1 else 1
+    halves = 2 if qtype in WITH_MIN else 1
     header = raw[:, : 2 * halves].copy().view(np.uint16)
     exponent_all_ones = (header & 0x7C00) == 0x7C00
     header[exponent_all_ones] &= 0xBFFF  # exponent 31 (inf/nan) becomes 15: finite
@@ -114,6 +119,22 @@ def test_random_raw_blocks_dequantise_like_gguf(qtype: QType) -> None:
     raw[:, : 2 * halves] = header.view(np.uint8)
     assert np.isfinite(header.view(np.float16).astype(np.float32)).all()
     assert_matches(qtype, raw, blocks * block_elems)
+
+
+@pytest.mark.parametrize("qtype", [QType.Q5_0, QType.Q5_1], ids=lambda t: t.name)
+def test_q5_comparison_detects_one_changed_fifth_bit(qtype: QType) -> None:
+    """Positive control: flipping one fifth bit (bit 19 of block 20's qh word) changes exactly that
+    element of ours, by 16 times the block's scale, and the comparison with gguf still holds."""
+    values = random_values(seed=11, n=32 * 64).reshape(-1, 256)
+    raw = np.asarray(quants.quantize(values, qtype)).view(np.uint8).reshape(64, -1)
+    changed = raw.copy()
+    qh_offset = 4 if qtype in WITH_MIN else 2
+    changed[20, qh_offset + 2] ^= 0x08
+    before, after = ours(qtype, raw, 32 * 64), ours(qtype, changed, 32 * 64)
+    assert np.flatnonzero(before != after).tolist() == [20 * 32 + 19]
+    scale = float(raw[20, :2].copy().view(np.float16)[0])
+    assert abs(float(after[20 * 32 + 19] - before[20 * 32 + 19])) == pytest.approx(16 * abs(scale))
+    assert_matches(qtype, changed, 32 * 64)
 
 
 def random_k_blocks(qtype: QType, blocks: int, seed: int) -> U8:
