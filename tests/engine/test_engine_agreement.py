@@ -15,6 +15,7 @@ Also: our free-running greedy output equals llama.cpp's, live, for all 128 token
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,10 +45,20 @@ MARGIN = 1.5
 MIN_MAX_BOUND = 2.0
 MAX_BOUND_FACTOR = 1.25
 MEAN_BOUND = 0.5
-# The references' compute threads. The suite runs one test at a time, so both cores are free here: two
-# threads take about half the time. On a machine loaded by other work, set 1 (see llama_cpp_runtime:
-# spinning OpenMP workers can then run many times slower).
-REFERENCE_THREADS = int(os.environ.get("ENGINE_REFERENCE_THREADS", "2"))
+
+
+@functools.cache
+def _reference_threads() -> int:
+    """The references' compute threads: two when the machine is otherwise idle (the suite runs one test
+    at a time, so both cores are ours), one when other work loads it (llama.cpp's
+    and torch's OpenMP workers spin while they wait, and two of them on a loaded two-core machine run
+    many times slower than one: this fixture took 1,491 s with two threads under a load average of
+    about 7, against about 340 s with one thread on a quiet machine). Decided once, when first asked.
+    ENGINE_REFERENCE_THREADS overrides."""
+    if "ENGINE_REFERENCE_THREADS" in os.environ:
+        return int(os.environ["ENGINE_REFERENCE_THREADS"])
+    return 2 if (os.cpu_count() or 1) >= 2 and os.getloadavg()[0] < 1.5 else 1
+
 
 STORY = (
     "The history of computing is a story of abstraction. Early machines were programmed by rewiring "
@@ -255,7 +266,7 @@ def engine(model_path: Path) -> Engine:
 
 @pytest.fixture(scope="module")
 def llama(model_path: Path) -> Iterator[LlamaCppModel]:
-    model = LlamaCppModel(model_path, n_ctx=1024, threads=REFERENCE_THREADS)
+    model = LlamaCppModel(model_path, n_ctx=1024, threads=_reference_threads())
     yield model
     model.close()
 
@@ -265,7 +276,7 @@ def agreement(model_path: Path, engine: Engine, llama: LlamaCppModel, figures: C
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(REFERENCE_THREADS)
+    torch.set_num_threads(_reference_threads())
     try:
         reference = FloatReference(model_path)
         prompts = [engine.apply_chat_template([{"role": "user", "content": p}]) for p in PROMPTS]
