@@ -240,11 +240,13 @@ def test_over_quota_is_429_and_the_client_retries_after_retry_after(stack: Stack
         assert refused.headers["x-ratelimit-limit-requests"]
         assert refused.headers["x-request-id"]
     # closing the stream cancels its generation and frees the slot: a short holder takes it, and
-    # the client, with its default settings, is refused, waits Retry-After and succeeds on a retry
+    # the client, with its default settings, is refused, waits Retry-After and succeeds on a retry.
+    # The holder is short (20 tokens) so that it ends within the client's two retries of 1 s each
+    # even on a loaded machine (60 tokens outlasted them under a load average of 6).
     started = threading.Event()
 
     def short_holder() -> None:
-        stream = client.chat.completions.create(model=MODEL_NAME, messages=count, max_tokens=60, temperature=0,
+        stream = client.chat.completions.create(model=MODEL_NAME, messages=count, max_tokens=20, temperature=0,
                                                 stream=True)  # fmt: skip
         for _ in stream:
             started.set()
