@@ -227,6 +227,7 @@ class QuotaPlanAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic ove
         "is_default", "updated_at",
     )  # fmt: skip
     search_fields = ("slug", "name")
+    list_filter = ("is_default",)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return ["slug", "created_at", "updated_at"] if obj is not None else ["created_at", "updated_at"]
