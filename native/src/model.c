@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -438,35 +439,50 @@ static sov_status cache_reserve(sov_context *c, seq_cache *s, uint32_t need) {
  * Parallel jobs: up to three matrix products sharing one input, and attention
  * ------------------------------------------------------------------------------------- */
 
+/* Work is handed out through an atomic counter in items of rows, about MATMUL_ITEMS_PER_THREAD per
+ * thread and weight, each a multiple of 16 rows (of the kernels' row blocks, and of 16 floats, so
+ * that threads do not share cache lines of y): a thread that another process delays holds up only
+ * the item it is on, not a fixed share of the rows. */
+#define MATMUL_ITEMS_PER_THREAD 8
+
 typedef struct matmul_job {
     const sov_context *c;
-    int n;
+    int n;                  /* the weights whose rows make the items: gate alone with swiglu */
     const weight *w[3];
     float *y[3];
+    int64_t first_item[4];  /* items of weight i are first_item[i] .. first_item[i + 1] - 1 */
+    int64_t chunk[3];       /* rows per item of weight i */
     const float *x;
     const sov_q8_block *xq;
     const sov_q8k_block *xqk;
     int64_t n_tok;
-    bool swiglu;            /* then y[0] = silu(y[0]) * y[1], by the thread that wrote those rows */
+    bool swiglu;            /* then y[0] = silu(y[0]) * y[1]: an item covers the same rows of both */
+    atomic_llong next_item;
 } matmul_job;
 
+static void matmul_rows(const matmul_job *j, int i, int64_t r0, int64_t r1) {
+    const weight *w = j->w[i];
+    const void *xq = sov_type_uses_q8k(w->type) ? (const void *)j->xqk : (const void *)j->xq;
+    sov_matmul_rows(j->c->model->isa, w->type, w->data, w->cols, r0, r1, j->x, xq, j->n_tok, j->y[i], (int64_t)w->rows);
+}
+
 static void matmul_worker(void *arg, int ti, int nt) {
-    const matmul_job *j = arg;
-    for (int i = 0; i < j->n; i++) {
-        const weight *w = j->w[i];
-        /* rows are split in multiples of 8, so that threads do not share cache lines of y */
-        int64_t chunk = (((int64_t)w->rows + nt - 1) / nt + 7) / 8 * 8;
-        int64_t r0 = chunk * ti, r1 = r0 + chunk < (int64_t)w->rows ? r0 + chunk : (int64_t)w->rows;
-        const void *xq = sov_type_uses_q8k(w->type) ? (const void *)j->xqk : (const void *)j->xq;
-        if (r0 < r1) sov_matmul_rows(j->c->model->isa, w->type, w->data, w->cols, r0, r1, j->x, xq, j->n_tok, j->y[i], (int64_t)w->rows);
-    }
-    if (!j->swiglu) return;
-    /* gate and up have the same rows, so this thread has just written both halves it needs */
-    int64_t rows = (int64_t)j->w[0]->rows, chunk = ((rows + nt - 1) / nt + 7) / 8 * 8;
-    int64_t r0 = chunk * ti, r1 = r0 + chunk < rows ? r0 + chunk : rows;
-    for (int64_t t = 0; t < j->n_tok; t++) {
-        float *g = j->y[0] + t * rows, *u = j->y[1] + t * rows;
-        for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+    matmul_job *j = arg;
+    for (int64_t item = atomic_fetch_add(&j->next_item, 1); item < j->first_item[j->n]; item = atomic_fetch_add(&j->next_item, 1)) {
+        int i = 0;
+        while (item >= j->first_item[i + 1]) i++;
+        int64_t rows = (int64_t)j->w[i]->rows, r0 = (item - j->first_item[i]) * j->chunk[i];
+        int64_t r1 = r0 + j->chunk[i] < rows ? r0 + j->chunk[i] : rows;
+        if (!j->swiglu) {
+            matmul_rows(j, i, r0, r1);
+            continue;
+        }
+        matmul_rows(j, 0, r0, r1);
+        matmul_rows(j, 1, r0, r1);
+        for (int64_t t = 0; t < j->n_tok; t++) {
+            float *g = j->y[0] + t * rows, *u = j->y[1] + t * rows;
+            for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+        }
     }
 }
 
@@ -491,6 +507,16 @@ static void matmul(sov_context *c, int n, const weight *const *w, float *const *
         for (int64_t t = 0; t < n_tok; t++) sov_quantize_row_q8k(x + (uint64_t)t * cols, c->xqk + (uint64_t)t * (cols / 256), cols);
         j.xqk = c->xqk;
     }
+    /* with swiglu, gate and up have the same rows and their items are gate's */
+    j.n = swiglu ? 1 : n;
+    int64_t per = (int64_t)sov_pool_size(c->model->pool) * MATMUL_ITEMS_PER_THREAD;
+    j.first_item[0] = 0;
+    for (int i = 0; i < j.n; i++) {
+        int64_t rows = (int64_t)w[i]->rows;
+        j.chunk[i] = ((rows + per - 1) / per + 15) / 16 * 16;
+        j.first_item[i + 1] = j.first_item[i] + (rows + j.chunk[i] - 1) / j.chunk[i];
+    }
+    atomic_init(&j.next_item, 0);
     sov_pool_run(c->model->pool, matmul_worker, &j);
 }
 
@@ -499,10 +525,11 @@ typedef struct attention_job {
     uint32_t il;
     int64_t n_tok;
     const int32_t *seq_ids;
+    atomic_llong next_item; /* items are (token, head) pairs, handed out as the matmul's rows */
 } attention_job;
 
 static void attention_worker(void *arg, int ti, int nt) {
-    const attention_job *j = arg;
+    attention_job *j = arg;
     sov_context *c = j->c;
     const sov_model_info *in = &c->model->info;
     uint32_t hd = in->head_dim, group = in->n_head / in->n_head_kv;
@@ -510,7 +537,7 @@ static void attention_worker(void *arg, int ti, int nt) {
     float scale = 1.0f / sqrtf((float)hd);
     float *scores = c->scores + (uint64_t)ti * c->n_ctx;
     int64_t n_items = j->n_tok * in->n_head;
-    for (int64_t item = ti; item < n_items; item += nt) {
+    for (int64_t item = atomic_fetch_add(&j->next_item, 1); item < n_items; item = atomic_fetch_add(&j->next_item, 1)) {
         int64_t t = item / in->n_head;
         uint32_t h = (uint32_t)(item % in->n_head), hk = h / group;
         const seq_cache *s = &c->seqs[j->seq_ids[t]];
@@ -624,7 +651,8 @@ static void forward_chunk(sov_context *c, const int32_t *tokens, const int32_t *
             memcpy(cache_k(c, s, il) + (uint64_t)c->pos[t] * kvd, c->k + (uint64_t)t * kvd, kvd * sizeof(float));
             memcpy(cache_v(c, s, il) + (uint64_t)c->pos[t] * kvd, c->v + (uint64_t)t * kvd, kvd * sizeof(float));
         }
-        attention_job aj = {c, il, n, seq_ids};
+        attention_job aj = {.c = c, .il = il, .n_tok = n, .seq_ids = seq_ids};
+        atomic_init(&aj.next_item, 0);
         sov_pool_run(m->pool, attention_worker, &aj);
         const weight *wo[1] = {&l->wo};
         float *wo_out[1] = {c->tmp};

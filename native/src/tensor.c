@@ -941,6 +941,92 @@ VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, con
     tile_store_row(acc20, acc21, acc22, acc23, mins2, y + 2, ldy);
     tile_store_row(acc30, acc31, acc32, acc33, mins3, y + 3, ldy);
 }
+
+/* ---------------------------------------------------------------------------------------
+ * Row-blocked kernels for few tokens (decode), AVX-512 VNNI on 256-bit vectors
+ *
+ * Four weight rows times one token: the token's activations are loaded once per block for all
+ * four rows, and the rows' sums are four independent chains, where the one-pair kernel waits on
+ * one accumulator per block. Each row is computed with exactly the one-pair kernel's operations
+ * (the same integer lanes, scales, order of additions), so the results are bit-identical to it.
+ * The instructions are chosen to stay off the shuffle port, which the one-pair kernel saturates:
+ * nibbles are unpacked with a broadcast load and per-lane shifts, and a block's fp16 scale and
+ * min are converted together from memory and multiplied by the activation's scale and sum in one
+ * vector (lane 0: d * x.d, lane 1: m * x.s).
+ * ------------------------------------------------------------------------------------- */
+
+#define ROW_BLOCK 4
+
+/* 32 nibbles of a block as bytes 0..15 in element order, without a lane insert. */
+VNNI_TARGET static inline __m256i rows_unpack_nibbles(const uint8_t *qs) {
+    __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi64(both, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0f));
+}
+
+/* The first two fp16 values at p (a block's d, and Q4_1's m) as floats in lanes 0 and 1. */
+VNNI_TARGET static inline __m128 rows_scales(const void *p) { return _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p)); }
+
+#define ROWS_Q4_1_STEP(R)                                                                                             \
+    do {                                                                                                              \
+        const block_q4_1 *a = (const block_q4_1 *)(w + (R) * row_bytes) + b;                                         \
+        __m128 sm = _mm_mul_ps(rows_scales(a), xds);                                                                  \
+        __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), rows_unpack_nibbles(a->qs), xq);                      \
+        acc##R = _mm256_fmadd_ps(_mm256_broadcastss_ps(sm), _mm256_cvtepi32_ps(p), acc##R);                           \
+        mins##R = _mm_add_ps(mins##R, sm);                                                                            \
+    } while (0)
+
+VNNI_TARGET static void rows_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, uint64_t nb, float *y) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    __m128 mins0 = _mm_setzero_ps(), mins1 = mins0, mins2 = mins0, mins3 = mins0;  /* lane 1 */
+    /* the next four rows, a share per block, so that they are in cache when the next call starts */
+    const uint8_t *next = w + ROW_BLOCK * row_bytes;
+    uint64_t ahead = (ROW_BLOCK * row_bytes + nb - 1) / nb;
+    for (uint64_t b = 0; b < nb; b++) {
+        _mm_prefetch((const char *)next + b * ahead, _MM_HINT_T0);
+        _mm_prefetch((const char *)next + b * ahead + 64, _MM_HINT_T0);
+        if (ahead > 128) _mm_prefetch((const char *)next + b * ahead + 128, _MM_HINT_T0);
+        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].q);
+        __m128 xds = _mm_castpd_ps(_mm_load_sd((const double *)(const void *)&x[b].d));  /* d, s (adjacent) */
+        ROWS_Q4_1_STEP(0);
+        ROWS_Q4_1_STEP(1);
+        ROWS_Q4_1_STEP(2);
+        ROWS_Q4_1_STEP(3);
+    }
+    y[0] = hsum_avx2(acc0) + _mm_cvtss_f32(_mm_movehdup_ps(mins0));
+    y[1] = hsum_avx2(acc1) + _mm_cvtss_f32(_mm_movehdup_ps(mins1));
+    y[2] = hsum_avx2(acc2) + _mm_cvtss_f32(_mm_movehdup_ps(mins2));
+    y[3] = hsum_avx2(acc3) + _mm_cvtss_f32(_mm_movehdup_ps(mins3));
+}
+
+#define ROWS_Q8_0_STEP(R)                                                                                             \
+    do {                                                                                                              \
+        const block_q8_0 *a = (const block_q8_0 *)(w + (R) * row_bytes) + b;                                         \
+        __m256i wq = _mm256_loadu_si256((const __m256i *)a->qs);                                                     \
+        __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));  \
+        acc##R = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_mul_ss(rows_scales(a), xd)), _mm256_cvtepi32_ps(p), acc##R); \
+    } while (0)
+
+VNNI_TARGET static void rows_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, uint64_t nb, float *y) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    /* the next four rows, a share per block, so that they are in cache when the next call starts */
+    const uint8_t *next = w + ROW_BLOCK * row_bytes;
+    uint64_t ahead = (ROW_BLOCK * row_bytes + nb - 1) / nb;
+    for (uint64_t b = 0; b < nb; b++) {
+        _mm_prefetch((const char *)next + b * ahead, _MM_HINT_T0);
+        _mm_prefetch((const char *)next + b * ahead + 64, _MM_HINT_T0);
+        if (ahead > 128) _mm_prefetch((const char *)next + b * ahead + 128, _MM_HINT_T0);
+        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].q);
+        __m128 xd = _mm_load_ss(&x[b].d);
+        ROWS_Q8_0_STEP(0);
+        ROWS_Q8_0_STEP(1);
+        ROWS_Q8_0_STEP(2);
+        ROWS_Q8_0_STEP(3);
+    }
+    y[0] = hsum_avx2(acc0);
+    y[1] = hsum_avx2(acc1);
+    y[2] = hsum_avx2(acc2);
+    y[3] = hsum_avx2(acc3);
+}
 #endif
 
 /* ---------------------------------------------------------------------------------------
@@ -1103,6 +1189,22 @@ void sov_matmul_rows(sov_isa isa, uint32_t wtype, const void *w, uint64_t cols, 
                 for (; r < r1; r++)
                     for (int64_t t = 0; t < TILE_TOKENS; t++) yt[t * ldy + r] = dot(wb + (uint64_t)r * row_bytes, xt + (uint64_t)t * nb, nb);
             }
+        }
+        /* the tokens left, few at decode, four rows at a time */
+        void (*rows)(const uint8_t *, uint64_t, const sov_q8_block *, uint64_t, float *) = NULL;
+        if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q4_1) rows = rows_q4_1_vnni;
+        if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q8_0) rows = rows_q8_0_vnni;
+        if (rows && t_done < n_tok) {
+            float tmp[ROW_BLOCK];
+            int64_t r = r0;
+            for (; r + ROW_BLOCK <= r1; r += ROW_BLOCK)
+                for (int64_t t = t_done; t < n_tok; t++) {
+                    rows(wb + (uint64_t)r * row_bytes, row_bytes, xq + (uint64_t)t * nb, nb, tmp);
+                    for (int k = 0; k < ROW_BLOCK; k++) y[t * ldy + r + k] = tmp[k];
+                }
+            for (; r < r1; r++)
+                for (int64_t t = t_done; t < n_tok; t++) y[t * ldy + r] = dot(wb + (uint64_t)r * row_bytes, xq + (uint64_t)t * nb, nb);
+            return;
         }
 #endif
         for (int64_t t0 = t_done; t0 < n_tok; t0 += TOKEN_TILE) {

@@ -307,6 +307,39 @@ static void test_q5_kernels(void) {
     CHECK(changed == 1 && after[19] - before[19] == 16.0f);
 }
 
+/* Decode-sized products (a few tokens, the row-blocked kernels) are bit-identical across the kernel
+ * sets: the SIMD kernels sum in the scalar path's order. Rows 1..14 of 15 start a range inside the
+ * matrix and leave rows over after the blocks of four; 1..7 tokens stay below a register tile. */
+static void test_kernels_bitwise_few_tokens(void) {
+    enum { COLS = 576, ROWS = 15, TOK = 7 };
+    static const uint32_t types[] = {SOV_TYPE_Q4_0, SOV_TYPE_Q4_1, SOV_TYPE_Q8_0};
+    static float x[TOK * COLS];
+    static sov_q8_block xq[TOK * COLS / 32];
+    static uint8_t w[ROWS * COLS / 32 * 34];
+    for (int i = 0; i < TOK * COLS; i++) x[i] = frand();
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        uint32_t t = types[k], bb = sov_type_block_bytes(t);
+        uint64_t bytes = (uint64_t)ROWS * COLS / 32 * bb;
+        for (uint64_t i = 0; i < bytes; i++) w[i] = (uint8_t)((rng = rng * 6364136223846793005ull + 1442695040888963407ull) >> 33);
+        for (uint64_t b = 0; b < bytes / bb; b++) {
+            w[b * bb + 1] = 0x20;
+            if (t == SOV_TYPE_Q4_1) w[b * bb + 3] = 0xa0;
+        }
+        for (int n_tok = 1; n_tok <= TOK; n_tok += 3) {
+            static float y[3][TOK * ROWS];
+            memset(y, 0, sizeof y);
+            for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
+                sov_isa use = (sov_isa)isa;
+                if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
+                for (int tok = 0; tok < n_tok; tok++) sov_quantize_row_q8(use, x + tok * COLS, xq + tok * (COLS / 32), COLS);
+                sov_matmul_rows(use, t, w, COLS, 1, ROWS - 1, x, xq, n_tok, y[isa], ROWS);
+            }
+            CHECK(memcmp(y[0], y[1], sizeof y[0]) == 0);
+            CHECK(memcmp(y[0], y[2], sizeof y[0]) == 0);
+        }
+    }
+}
+
 /* Q8_K activations: the value of largest magnitude maps to -127, every quant is within half a step
  * of its value, the sums of 16 add up, and an all-zero block has scale 0. */
 static void test_quantize_q8k(void) {
@@ -830,6 +863,7 @@ int main(void) {
     test_fp16();
     test_dequantize();
     test_kernels_agree();
+    test_kernels_bitwise_few_tokens();
     test_quantize_q8k();
     test_kquant_kernels();
     test_q5_kernels();
