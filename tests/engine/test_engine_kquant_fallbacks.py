@@ -20,15 +20,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from gguf import GGMLQuantizationType as QType
-from gguf import quants
 
-from native import Engine, _engine
 from tests.engine.test_engine_kquants import (
-    PROMPT,
     add_vocabulary,
+    agreement_with_llama_cpp,
     architecture,
     conditioned_weights,
-    llama_cpp_logits,
+    dequantised_like_gguf,
     quantise,
 )
 from tests.engine.test_engine_tiny_models import TinyConfig, write_tiny_model
@@ -90,15 +88,10 @@ def test_fallback_mix_agrees_with_llama_cpp(
     cfg = CONFIGS[architecture(path)]
     _, _, _, bound, mean_bound = FILE_TYPES[file_type]
     types = {QType(t.tensor_type) for t in gguf.GGUFReader(str(path)).tensors}
-    theirs = llama_cpp_logits(path, cfg)
-    engine = Engine(path, threads=2, n_ctx=cfg.context, n_ubatch=16, force_scalar=force_scalar)
-    assert engine.info.kernels != "scalar" or force_scalar
+    agreement = agreement_with_llama_cpp(path, models["F32"], cfg, force_scalar=force_scalar)
+    engine = agreement.engine
     assert engine.info.tensor_types.keys() == {t.name for t in types}
-    ours = engine.logits(PROMPT)
-    assert ours.shape == theirs.shape == (len(PROMPT), cfg.vocab)
-    diff = float(np.abs(ours - theirs).max())
-    mean = float(np.abs(ours - theirs).mean())
-    quantisation_error = float(np.abs(theirs - llama_cpp_logits(models["F32"], cfg)).max())
+    diff, mean, quantisation_error = agreement.max, agreement.mean, agreement.quantisation_error
     figures(f"k-quant fallbacks {cfg.architecture} {file_type} {engine.info.kernels} "
             f"({', '.join(sorted(t.name for t in types))}): |ours - llama.cpp| max {diff:.5f} (bound {bound}), "
             f"mean {mean:.5f} (bound {mean_bound}); llama.cpp {file_type} vs its F32 max {quantisation_error:.5f}")
@@ -108,16 +101,5 @@ def test_fallback_mix_agrees_with_llama_cpp(
 
 
 def test_fallback_tensors_dequantise_like_gguf(models: dict[str, Path]) -> None:
-    checked: set[QType] = set()
-    for file_type in FILE_TYPES:
-        for tensor in gguf.GGUFReader(str(models[file_type])).tensors:
-            qtype = QType(tensor.tensor_type)
-            if qtype == QType.F32:
-                continue
-            raw = np.asarray(tensor.data).view(np.uint8).reshape(-1)
-            n = int(tensor.n_elements)
-            got = np.frombuffer(_engine.dequantize(int(qtype), raw.tobytes(), n), dtype=np.float32)
-            want = np.asarray(quants.dequantize(raw, qtype), dtype=np.float32).reshape(n)
-            assert np.array_equal(got, want), f"{tensor.name} ({qtype.name}) differs from gguf's dequantisation"
-            checked.add(qtype)
+    checked = dequantised_like_gguf(models[file_type] for file_type in FILE_TYPES)
     assert checked == {QType.Q4_K, QType.Q5_K, QType.Q6_K, QType.Q5_0, QType.Q5_1, QType.Q8_0}

@@ -15,7 +15,8 @@ model's than our engine is).
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -117,15 +118,10 @@ def test_k_quant_model_agrees_with_llama_cpp(
     _, k_types, bound, mean_bound = FILE_TYPES[file_type]
     types = {QType(t.tensor_type) for t in gguf.GGUFReader(str(path)).tensors}
     assert types == k_types | {QType.F32}, f"llama.cpp wrote {sorted(t.name for t in types)}"
-    theirs = llama_cpp_logits(path, cfg)
-    engine = Engine(path, threads=2, n_ctx=cfg.context, n_ubatch=16, force_scalar=force_scalar)
-    assert engine.info.kernels != "scalar" or force_scalar
+    agreement = agreement_with_llama_cpp(path, models["F32"], cfg, force_scalar=force_scalar)
+    engine, theirs = agreement.engine, agreement.theirs
     assert engine.info.tensor_types.keys() == {t.name for t in types}
-    ours = engine.logits(PROMPT)
-    assert ours.shape == theirs.shape == (len(PROMPT), cfg.vocab)
-    diff = float(np.abs(ours - theirs).max())
-    mean = float(np.abs(ours - theirs).mean())
-    quantisation_error = float(np.abs(theirs - llama_cpp_logits(models["F32"], cfg)).max())
+    diff, mean, quantisation_error = agreement.max, agreement.mean, agreement.quantisation_error
     figures(f"k-quants {cfg.architecture} {file_type} {engine.info.kernels}: |ours - llama.cpp| max {diff:.5f} "
             f"(bound {bound}), mean {mean:.5f} (bound {mean_bound}); logits span {float(np.abs(theirs).max()):.2f}; "
             f"llama.cpp {file_type} vs its F32 max {quantisation_error:.5f}")
@@ -135,9 +131,43 @@ def test_k_quant_model_agrees_with_llama_cpp(
 
 
 def test_llama_cpp_k_quant_tensors_dequantise_like_gguf(models: dict[str, Path]) -> None:
+    checked = dequantised_like_gguf(models[file_type] for file_type in FILE_TYPES)
+    assert checked == {QType.Q4_K, QType.Q5_K, QType.Q6_K}
+
+
+@dataclass
+class Agreement:
+    """Our logits of PROMPT against llama.cpp's on the same quantised file."""
+
+    engine: Engine
+    theirs: F32
+    max: float
+    mean: float
+    quantisation_error: float
+    """llama.cpp on the quantised file against llama.cpp on the F32 one (largest |difference|)."""
+
+
+def agreement_with_llama_cpp(path: Path, f32_path: Path, cfg: TinyConfig, *, force_scalar: bool) -> Agreement:
+    theirs = llama_cpp_logits(path, cfg)
+    engine = Engine(path, threads=2, n_ctx=cfg.context, n_ubatch=16, force_scalar=force_scalar)
+    assert engine.info.kernels != "scalar" or force_scalar
+    ours = engine.logits(PROMPT)
+    assert ours.shape == theirs.shape == (len(PROMPT), cfg.vocab)
+    return Agreement(
+        engine=engine,
+        theirs=theirs,
+        max=float(np.abs(ours - theirs).max()),
+        mean=float(np.abs(ours - theirs).mean()),
+        quantisation_error=float(np.abs(theirs - llama_cpp_logits(f32_path, cfg)).max()),
+    )
+
+
+def dequantised_like_gguf(paths: Iterable[Path]) -> set[QType]:
+    """Every quantised tensor of the files dequantises bit-identically to the gguf package; returns the
+    types seen."""
     checked: set[QType] = set()
-    for file_type in FILE_TYPES:
-        for tensor in gguf.GGUFReader(str(models[file_type])).tensors:
+    for path in paths:
+        for tensor in gguf.GGUFReader(str(path)).tensors:
             qtype = QType(tensor.tensor_type)
             if qtype == QType.F32:
                 continue
@@ -147,7 +177,7 @@ def test_llama_cpp_k_quant_tensors_dequantise_like_gguf(models: dict[str, Path])
             want = np.asarray(quants.dequantize(raw, qtype), dtype=np.float32).reshape(n)
             assert np.array_equal(got, want), f"{tensor.name} ({qtype.name}) differs from gguf's dequantisation"
             checked.add(qtype)
-    assert checked == {QType.Q4_K, QType.Q5_K, QType.Q6_K}
+    return checked
 
 
 def _engine_dequantize(qtype: QType, raw: npt.NDArray[np.uint8], n: int) -> bytes:
