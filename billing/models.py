@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
 
 from controlplane.core.models import CentralModel, OrgOwnedModel
 from controlplane.core.regions import REGION_CODES
+
+# The ledger's write path (holds, entries, postings) has no row-by-row foreign-key checks on PostgreSQL: its
+# references are checked per statement, set-based, by triggers (migration 0007): a hold's organisation,
+# prices and FX rate must exist when it is written and never change; an entry must carry its hold's
+# organisation, prices and FX rate, and its postings its organisation and grants of that organisation; and
+# a referenced row (an organisation, a price, a rate, a grant, a hold) cannot be deleted. Django keeps
+# `on_delete` in Python as before (`db_constraint=False` below). Their `created_at` is not indexed: nothing
+# looks them up by it. SQLite keeps its foreign keys and indexes (the migration alters PostgreSQL only).
+
+
+def _created_at() -> models.DateTimeField[Any, Any]:
+    return models.DateTimeField(auto_now_add=True)
 
 
 class FxRate(CentralModel):
@@ -137,7 +151,12 @@ class CreditHold(OrgOwnedModel):
         CAPTURED = "captured", "captured"
         RELEASED = "released", "released"
 
-    request_id = models.CharField(max_length=64, unique=True)
+    created_at = _created_at()
+    # The organisation's index is `hold_org_status`'s prefix; nothing looks holds up by price or rate.
+    organization = models.ForeignKey(
+        "tenants.Organization", on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    request_id = models.CharField(max_length=64)
     billing_mode = models.CharField(max_length=16, help_text="the organisation's mode at admission")
     currency = models.CharField(max_length=3)
     amount_micros = models.BigIntegerField(help_text="the maximum cost, rounded up to whole micros")
@@ -145,12 +164,21 @@ class CreditHold(OrgOwnedModel):
     region = models.CharField(max_length=8, choices=[(code, code) for code in REGION_CODES])
     input_tokens = models.PositiveBigIntegerField()
     max_output_tokens = models.PositiveBigIntegerField()
-    input_price = models.ForeignKey(PriceBookEntry, on_delete=models.PROTECT, related_name="+")
-    output_price = models.ForeignKey(PriceBookEntry, on_delete=models.PROTECT, related_name="+")
+    input_price = models.ForeignKey(PriceBookEntry, on_delete=models.PROTECT, related_name="+", db_index=False,
+                                    db_constraint=False)  # fmt: skip
+    output_price = models.ForeignKey(PriceBookEntry, on_delete=models.PROTECT, related_name="+", db_index=False,
+                                     db_constraint=False)  # fmt: skip
     input_usd_per_million = models.DecimalField(max_digits=18, decimal_places=6)
     output_usd_per_million = models.DecimalField(max_digits=18, decimal_places=6)
     fx_rate = models.ForeignKey(
-        FxRate, null=True, blank=True, on_delete=models.PROTECT, related_name="+", help_text="empty: USD, rate 1"
+        FxRate,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="empty: USD, rate 1",
+        db_index=False,
+        db_constraint=False,
     )
     fx_per_usd = models.DecimalField(max_digits=20, decimal_places=8)
     admitted_at = models.DateTimeField()
@@ -162,6 +190,8 @@ class CreditHold(OrgOwnedModel):
         ordering = ("-admitted_at", "-id")
         indexes = (models.Index(fields=["organization", "status"], name="hold_org_status"),)
         constraints = (
+            # a constraint rather than `unique=True`, which would add a second (pattern) index nothing uses
+            models.UniqueConstraint(fields=["request_id"], name="hold_request_unique"),
             models.CheckConstraint(condition=models.Q(amount_micros__gte=0), name="hold_amount_not_negative"),
             models.CheckConstraint(
                 condition=(
@@ -202,18 +232,28 @@ class LedgerEntry(OrgOwnedModel):
     = `amount_micros`), checked by the service and, on PostgreSQL, by a deferred constraint trigger.
     """
 
-    request_id = models.CharField(max_length=64, unique=True)
-    hold = models.OneToOneField(CreditHold, on_delete=models.PROTECT, related_name="ledger_entry")
+    created_at = _created_at()
+    # The organisation, prices and FX rate are the hold's (checked at commit); the organisation's index is
+    # `ledger_org_admitted`'s prefix, and nothing looks entries up by price or rate.
+    organization = models.ForeignKey(
+        "tenants.Organization", on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    request_id = models.CharField(max_length=64)
+    hold = models.OneToOneField(CreditHold, on_delete=models.PROTECT, related_name="ledger_entry", db_constraint=False)
     api_key_id = models.BigIntegerField(null=True, blank=True, help_text="the key that made the request")
     model_name = models.CharField(max_length=120)
     region = models.CharField(max_length=8, choices=[(code, code) for code in REGION_CODES])
     input_tokens = models.PositiveBigIntegerField()
     output_tokens = models.PositiveBigIntegerField()
-    input_price = models.ForeignKey(PriceBookEntry, on_delete=models.PROTECT, related_name="+")
-    output_price = models.ForeignKey(PriceBookEntry, on_delete=models.PROTECT, related_name="+")
+    input_price = models.ForeignKey(PriceBookEntry, on_delete=models.PROTECT, related_name="+", db_index=False,
+                                    db_constraint=False)  # fmt: skip
+    output_price = models.ForeignKey(PriceBookEntry, on_delete=models.PROTECT, related_name="+", db_index=False,
+                                     db_constraint=False)  # fmt: skip
     input_usd_per_million = models.DecimalField(max_digits=18, decimal_places=6)
     output_usd_per_million = models.DecimalField(max_digits=18, decimal_places=6)
-    fx_rate = models.ForeignKey(FxRate, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    fx_rate = models.ForeignKey(
+        FxRate, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
     fx_per_usd = models.DecimalField(max_digits=20, decimal_places=8)
     currency = models.CharField(max_length=3)
     usd_amount = models.DecimalField(max_digits=30, decimal_places=12, help_text="exact list amount in USD")
@@ -226,6 +266,7 @@ class LedgerEntry(OrgOwnedModel):
         verbose_name_plural = "ledger entries"
         indexes = (models.Index(fields=["organization", "admitted_at"], name="ledger_org_admitted"),)
         constraints = (
+            models.UniqueConstraint(fields=["request_id"], name="ledger_request_unique"),
             models.CheckConstraint(
                 condition=models.Q(amount_micros__gte=0, usd_amount__gte=0), name="ledger_amount_not_negative"
             ),
@@ -243,9 +284,15 @@ class LedgerPosting(OrgOwnedModel):
         RECEIVABLE = "accounts_receivable", "accounts receivable (to invoice)"
         REVENUE = "revenue", "usage revenue"
 
-    entry = models.ForeignKey(LedgerEntry, on_delete=models.PROTECT, related_name="postings")
+    created_at = _created_at()
+    # The entry's organisation (checked at commit); indexed for the per-organisation reconciliation and invoices.
+    organization = models.ForeignKey(
+        "tenants.Organization", on_delete=models.CASCADE, related_name="+", db_constraint=False
+    )
+    entry = models.ForeignKey(LedgerEntry, on_delete=models.PROTECT, related_name="postings", db_constraint=False)
     account = models.CharField(max_length=24, choices=Account.choices)
-    grant = models.ForeignKey(CreditGrant, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    grant = models.ForeignKey(CreditGrant, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                              db_constraint=False)  # fmt: skip
     debit_micros = models.BigIntegerField(default=0)
     credit_micros = models.BigIntegerField(default=0)
 

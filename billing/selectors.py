@@ -129,12 +129,13 @@ def price_quote(*, model_name: str, region: str, at: datetime) -> PriceQuote:
 
 
 def price_entry_is_referenced(*, entry: PriceBookEntry) -> bool:
-    """Whether a hold or ledger entry was priced with this entry (then it is never edited)."""
-    references = Q(input_price=entry) | Q(output_price=entry)
-    return (
-        CreditHold.objects.unscoped_all_orgs().filter(references).exists()
-        or LedgerEntry.objects.unscoped_all_orgs().filter(references).exists()
-    )
+    """Whether a hold (and so maybe a ledger entry) was priced with this entry (then it is never edited).
+
+    An entry carries its hold's prices (checked by the database at commit), so the holds answer for both.
+    Holds have no index by price (nothing else looks them up that way): callers ask only about versions
+    not yet in force, after a cheaper test, and an operator's edit may scan the holds.
+    """
+    return CreditHold.objects.unscoped_all_orgs().filter(Q(input_price=entry) | Q(output_price=entry)).exists()
 
 
 def price_book_list(*, model_name: str | None = None, region: str | None = None) -> QuerySet[PriceBookEntry]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -723,11 +724,17 @@ def hold_settle(
 
 
 _ENTRY_FIELDS = tuple(field.attname for field in LedgerEntry._meta.concrete_fields)
-_SETTLE_SQL = (
-    "SELECT s.outcome, "  # noqa: S608  # column names from the model, arguments bound
+# A prepared statement per connection: the call is parsed and planned once per connection, not on every
+# settlement (Django binds parameters client-side and never prepares). PREPARE is not transactional, so a
+# rolled-back transaction keeps it; a new connection (a new driver object) prepares it again.
+_SETTLE_STATEMENT = "billing_hold_settle_call"
+_SETTLE_PREPARE = (
+    f"PREPARE {_SETTLE_STATEMENT} (text, bigint, bigint, bigint, bigint, timestamptz) AS SELECT s.outcome, "  # noqa: S608  # column names from the model, arguments bound
     + ", ".join(f"(s.entry).{name}" for name in _ENTRY_FIELDS)
-    + " FROM billing_hold_settle(%s::text, %s::bigint, %s::bigint, %s::bigint, %s::bigint, %s::timestamptz) s"
+    + " FROM billing_hold_settle($1, $2, $3, $4, $5, $6) s"
 )
+_SETTLE_EXECUTE = f"EXECUTE {_SETTLE_STATEMENT} (%s, %s, %s, %s, %s, %s)"
+_settle_prepared_on: weakref.WeakSet[Any] = weakref.WeakSet()  # the driver connections that have it
 
 
 def _hold_settle_in_database(
@@ -735,7 +742,11 @@ def _hold_settle_in_database(
     organization_id: int | None,
 ) -> LedgerEntry:  # fmt: skip
     with connection.cursor() as cursor:
-        cursor.execute(_SETTLE_SQL, [request_id, organization_id, input_tokens, output_tokens, api_key_id, at])
+        driver = connection.connection
+        if driver not in _settle_prepared_on:
+            cursor.execute(_SETTLE_PREPARE)
+            _settle_prepared_on.add(driver)
+        cursor.execute(_SETTLE_EXECUTE, [request_id, organization_id, input_tokens, output_tokens, api_key_id, at])
         row = cursor.fetchone()
     outcome, values = row[0], row[1:]
     if outcome in {"settled", "settled_before"}:
