@@ -21,7 +21,9 @@ COPY of 100,000 entries with their holds and postings about 1.5 million, most of
    The foreign keys also locked the referenced row against a concurrent delete; these checks do not: a row
    deleted while a transaction writes a hold that references it, neither seeing the other, would leave the
    hold dangling. Organisations, prices, rates and grants are never deleted by the application.
-3. One ledger check per settlement instead of two: the postings of entries that the same transaction's last
+3. Fewer trigger calls per settlement: one statement trigger on entries instead of two (the record of what
+   to check and the budget's settled spend), and the budget's held amount maintained by a row trigger whose
+   condition skips prepaid holds without a call. One ledger check per settlement instead of two: the postings of entries that the same transaction's last
    entry statement recorded (and that are still unchecked) are covered by that record's check, which runs at
    commit over all of those entries' postings. The record is remembered in a transaction-local setting,
    undone with a rolled-back savepoint and cleared whenever a check runs.
@@ -39,33 +41,82 @@ from django.db import migrations, models
 _BEFORE = importlib.import_module("billing.migrations.0006_settlement_in_one_statement")
 
 _TOUCHED = """
+-- Entries: one statement trigger instead of two (0005's budget counter and 0006's record of what to check).
+CREATE OR REPLACE FUNCTION billing_ledgerentry_written() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    SELECT array_agg(t.id) INTO ids FROM touched t;
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO billing_ledger_unchecked (entry_ids) VALUES (ids);
+    -- remembered for small statements only (a settlement writes one entry); local to the transaction
+    PERFORM set_config('billing.ledger_recorded', CASE WHEN cardinality(ids) <= 64 THEN ids::text ELSE '' END, true);
+    -- the month's settled spend of postpaid organisations (what 0005's billing_budget_settled did)
+    INSERT INTO billing_budgetspend
+        (organization_id, month, currency, held_micros, settled_micros, created_at, updated_at)
+    SELECT e.organization_id, date_trunc('month', e.admitted_at AT TIME ZONE 'UTC')::date, e.currency,
+           0, sum(e.amount_micros), now(), now()
+      FROM touched e JOIN billing_credithold h ON h.id = e.hold_id
+     WHERE h.billing_mode = 'postpaid'
+     GROUP BY 1, 2, 3
+    ON CONFLICT (organization_id, month, currency) DO UPDATE
+        SET settled_micros = billing_budgetspend.settled_micros + EXCLUDED.settled_micros, updated_at = now();
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER billing_ledgerentry_touched ON billing_ledgerentry;
+DROP TRIGGER billing_ledgerentry_budget_settled ON billing_ledgerentry;
+CREATE TRIGGER billing_ledgerentry_written AFTER INSERT ON billing_ledgerentry
+    REFERENCING NEW TABLE AS touched FOR EACH STATEMENT EXECUTE FUNCTION billing_ledgerentry_written();
+
+-- Postings: recorded for the check unless the entries they belong to were just recorded.
 CREATE OR REPLACE FUNCTION billing_ledger_touched() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     ids bigint[];
     recorded text;
 BEGIN
-    IF TG_TABLE_NAME = 'billing_ledgerentry' THEN
-        SELECT array_agg(t.id) INTO ids FROM touched t;
-    ELSE
-        SELECT array_agg(DISTINCT t.entry_id) INTO ids FROM touched t;
-        -- postings of entries recorded by this transaction's last entry statement and not checked since:
-        -- that record's check runs at commit over all of their postings, these included
-        recorded := current_setting('billing.ledger_recorded', true);
-        IF ids IS NOT NULL AND coalesce(recorded, '') <> '' AND ids <@ recorded::bigint[] THEN
-            RETURN NULL;
-        END IF;
+    SELECT array_agg(DISTINCT t.entry_id) INTO ids FROM touched t;
+    -- postings of entries recorded by this transaction's last entry statement and not checked since: that
+    -- record's check runs at commit over all of their postings, these included
+    recorded := current_setting('billing.ledger_recorded', true);
+    IF ids IS NULL OR (coalesce(recorded, '') <> '' AND ids <@ recorded::bigint[]) THEN
+        RETURN NULL;
     END IF;
-    IF ids IS NOT NULL THEN
-        INSERT INTO billing_ledger_unchecked (entry_ids) VALUES (ids);
-        IF TG_TABLE_NAME = 'billing_ledgerentry' THEN
-            -- remembered for small statements only (a settlement writes one entry); local to the transaction
-            PERFORM set_config('billing.ledger_recorded', CASE WHEN cardinality(ids) <= 64 THEN ids::text ELSE '' END,
-                               true);
-        END IF;
-    END IF;
+    INSERT INTO billing_ledger_unchecked (entry_ids) VALUES (ids);
     RETURN NULL;
 END
 $$;
+
+-- Holds: the budget's held amount falls when a postpaid hold closes. A row trigger whose condition is
+-- tested in C: a prepaid settlement calls nothing (0005's statement trigger ran for every update).
+CREATE OR REPLACE FUNCTION billing_budget_hold_closed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE billing_budgetspend s SET held_micros = s.held_micros - OLD.amount_micros, updated_at = now()
+     WHERE s.organization_id = NEW.organization_id
+       AND s.month = date_trunc('month', NEW.admitted_at AT TIME ZONE 'UTC')::date AND s.currency = NEW.currency;
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER billing_credithold_budget_closed ON billing_credithold;
+CREATE TRIGGER billing_credithold_budget_closed AFTER UPDATE ON billing_credithold FOR EACH ROW
+    WHEN (NEW.billing_mode = 'postpaid' AND OLD.status = 'open' AND NEW.status <> 'open')
+    EXECUTE FUNCTION billing_budget_hold_closed();
+"""
+
+_TOUCHED_BACKWARD = """
+DROP TRIGGER IF EXISTS billing_credithold_budget_closed ON billing_credithold;
+DROP FUNCTION IF EXISTS billing_budget_hold_closed();
+CREATE TRIGGER billing_credithold_budget_closed AFTER UPDATE ON billing_credithold
+    REFERENCING OLD TABLE AS before_rows NEW TABLE AS after_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION billing_budget_closed();
+DROP TRIGGER IF EXISTS billing_ledgerentry_written ON billing_ledgerentry;
+DROP FUNCTION IF EXISTS billing_ledgerentry_written();
+CREATE TRIGGER billing_ledgerentry_budget_settled AFTER INSERT ON billing_ledgerentry
+    REFERENCING NEW TABLE AS settled FOR EACH STATEMENT EXECUTE FUNCTION billing_budget_settled();
+CREATE TRIGGER billing_ledgerentry_touched AFTER INSERT ON billing_ledgerentry
+    REFERENCING NEW TABLE AS touched FOR EACH STATEMENT EXECUTE FUNCTION billing_ledger_touched();
 """
 
 _CHECK = """
@@ -237,6 +288,7 @@ def backward(apps: Any, schema_editor: Any) -> None:
         source = _BEFORE._PG_FORWARD
         schema_editor.execute(
             _HOLD_REFERENCES_BACKWARD
+            + _TOUCHED_BACKWARD
             + "ALTER FUNCTION billing_round_half_even(numeric) STRICT;\n"
             + "\n".join(_function(source, name) for name in ("billing_ledger_touched", "billing_ledger_check"))
             + "\n"
