@@ -552,6 +552,7 @@ def main() -> int:
     )
     parser.add_argument("--month-entries", type=int, help="ledger entries in the closed month")
     parser.add_argument("--processes", type=int, help="settling processes, and pgbench's clients (4)")
+    parser.add_argument("--holds", type=int, help="holds placed and then settled (4,000)")
     parser.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated parts to run (default all: {','.join(PARTS)})"
     )
@@ -565,6 +566,8 @@ def main() -> int:
         plan = Plan(**{**asdict(plan), "month_entries": args.month_entries})
     if args.processes:
         plan = Plan(**{**asdict(plan), "processes": args.processes})
+    if args.holds:
+        plan = Plan(**{**asdict(plan), "holds": args.holds})
     name = database_create(args.pg)
     data_dir = tempfile.mkdtemp(prefix="cpbench-billing-")
     database_url = f"{args.pg}/{name}"
