@@ -43,7 +43,9 @@ struct sov_model {
 
 typedef struct seq_cache {
     uint32_t len, cap;
-    float *kv;              /* [n_layer][2][cap][kv_dim]: keys, then values, per layer */
+    /* [n_layer][2][n_head_kv][cap][head_dim]: keys, then values, per layer, head by head, so that
+     * attention reads one head's positions as one contiguous stream */
+    float *kv;
 } seq_cache;
 
 struct sov_context {
@@ -408,12 +410,11 @@ int32_t sov_context_seq_length(const sov_context *c, int32_t seq) {
     return (int32_t)c->seqs[seq].len;
 }
 
-static float *cache_k(const sov_context *c, const seq_cache *s, uint32_t il) {
-    return s->kv + (uint64_t)il * 2 * s->cap * kv_dim(c->model);
-}
-
-static float *cache_v(const sov_context *c, const seq_cache *s, uint32_t il) {
-    return cache_k(c, s, il) + (uint64_t)s->cap * kv_dim(c->model);
+/* The cached keys (which 0) or values (which 1) of layer il and key/value head hk, cap positions of
+ * head_dim floats. */
+static float *cache_head(const sov_context *c, const seq_cache *s, uint32_t il, uint32_t which, uint32_t hk) {
+    const sov_model_info *in = &c->model->info;
+    return s->kv + (((uint64_t)il * 2 + which) * in->n_head_kv + hk) * s->cap * in->head_dim;
 }
 
 /* Grows a sequence's cache to hold `need` tokens (at least doubling, at most n_ctx). */
@@ -422,13 +423,12 @@ static sov_status cache_reserve(sov_context *c, seq_cache *s, uint32_t need) {
     uint32_t cap = s->cap ? s->cap : 64;
     while (cap < need) cap = cap > c->n_ctx / 2 ? c->n_ctx : cap * 2;
     if (cap > c->n_ctx) cap = c->n_ctx;
-    uint64_t kvd = kv_dim(c->model), n_layer = c->model->info.n_layer;
-    float *kv = malloc(n_layer * 2 * cap * kvd * sizeof(float));
+    const sov_model_info *in = &c->model->info;
+    uint64_t hd = in->head_dim, n_blocks = (uint64_t)in->n_layer * 2 * in->n_head_kv;
+    float *kv = malloc(n_blocks * cap * hd * sizeof(float));
     if (!kv) return sov_fail(SOV_ERR_NOMEM, "KV cache of %u tokens", cap);
-    for (uint64_t il = 0; il < n_layer && s->len > 0; il++) {
-        memcpy(kv + il * 2 * cap * kvd, cache_k(c, s, (uint32_t)il), (uint64_t)s->len * kvd * sizeof(float));
-        memcpy(kv + (il * 2 + 1) * cap * kvd, cache_v(c, s, (uint32_t)il), (uint64_t)s->len * kvd * sizeof(float));
-    }
+    /* the (layer, keys or values, head) blocks keep their order; each grows from s->cap to cap positions */
+    for (uint64_t b = 0; b < n_blocks && s->len > 0; b++) memcpy(kv + b * cap * hd, s->kv + b * s->cap * hd, (uint64_t)s->len * hd * sizeof(float));
     free(s->kv);
     s->kv = kv;
     s->cap = cap;
@@ -479,10 +479,8 @@ static void matmul_worker(void *arg, int ti, int nt) {
         }
         matmul_rows(j, 0, r0, r1);
         matmul_rows(j, 1, r0, r1);
-        for (int64_t t = 0; t < j->n_tok; t++) {
-            float *g = j->y[0] + t * rows, *u = j->y[1] + t * rows;
-            for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
-        }
+        for (int64_t t = 0; t < j->n_tok; t++)
+            sov_swiglu(j->c->model->isa, j->y[0] + t * rows + r0, j->y[1] + t * rows + r0, (uint64_t)(r1 - r0));
     }
 }
 
@@ -533,7 +531,7 @@ static void attention_worker(void *arg, int ti, int nt) {
     sov_context *c = j->c;
     const sov_model_info *in = &c->model->info;
     uint32_t hd = in->head_dim, group = in->n_head / in->n_head_kv;
-    uint64_t qd = (uint64_t)in->n_head * hd, kvd = kv_dim(c->model);
+    uint64_t qd = (uint64_t)in->n_head * hd;
     float scale = 1.0f / sqrtf((float)hd);
     float *scores = c->scores + (uint64_t)ti * c->n_ctx;
     int64_t n_items = j->n_tok * in->n_head;
@@ -541,23 +539,8 @@ static void attention_worker(void *arg, int ti, int nt) {
         int64_t t = item / in->n_head;
         uint32_t h = (uint32_t)(item % in->n_head), hk = h / group;
         const seq_cache *s = &c->seqs[j->seq_ids[t]];
-        const float *keys = cache_k(c, s, j->il), *values = cache_v(c, s, j->il);
-        const float *q = c->q + (uint64_t)t * qd + (uint64_t)h * hd;
-        int32_t n_pos = c->pos[t] + 1;
-        float max = -INFINITY;
-        for (int32_t p = 0; p < n_pos; p++) {
-            scores[p] = sov_dot_f32(c->model->isa, q, keys + (uint64_t)p * kvd + (uint64_t)hk * hd, hd) * scale;
-            if (scores[p] > max) max = scores[p];
-        }
-        float sum = 0.0f;
-        for (int32_t p = 0; p < n_pos; p++) {
-            scores[p] = expf(scores[p] - max);
-            sum += scores[p];
-        }
-        float *out = c->att + (uint64_t)t * qd + (uint64_t)h * hd;
-        memset(out, 0, hd * sizeof(float));
-        for (int32_t p = 0; p < n_pos; p++)
-            sov_axpy_f32(c->model->isa, scores[p] / sum, values + (uint64_t)p * kvd + (uint64_t)hk * hd, out, hd);
+        sov_attention(c->model->isa, c->q + (uint64_t)t * qd + (uint64_t)h * hd, cache_head(c, s, j->il, 0, hk), cache_head(c, s, j->il, 1, hk), hd,
+                      hd, c->pos[t] + 1, scale, scores, c->att + (uint64_t)t * qd + (uint64_t)h * hd);
     }
 }
 
@@ -648,8 +631,11 @@ static void forward_chunk(sov_context *c, const int32_t *tokens, const int32_t *
             rope(m, c->q + (uint64_t)t * qd, in->n_head, cs, sn);
             rope(m, c->k + (uint64_t)t * kvd, in->n_head_kv, cs, sn);
             seq_cache *s = &c->seqs[seq_ids[t]];
-            memcpy(cache_k(c, s, il) + (uint64_t)c->pos[t] * kvd, c->k + (uint64_t)t * kvd, kvd * sizeof(float));
-            memcpy(cache_v(c, s, il) + (uint64_t)c->pos[t] * kvd, c->v + (uint64_t)t * kvd, kvd * sizeof(float));
+            for (uint32_t hk = 0; hk < in->n_head_kv; hk++) {
+                uint64_t at = (uint64_t)c->pos[t] * in->head_dim, from = (uint64_t)t * kvd + (uint64_t)hk * in->head_dim;
+                memcpy(cache_head(c, s, il, 0, hk) + at, c->k + from, in->head_dim * sizeof(float));
+                memcpy(cache_head(c, s, il, 1, hk) + at, c->v + from, in->head_dim * sizeof(float));
+            }
         }
         attention_job aj = {.c = c, .il = il, .n_tok = n, .seq_ids = seq_ids};
         atomic_init(&aj.next_item, 0);

@@ -340,6 +340,68 @@ static void test_kernels_bitwise_few_tokens(void) {
     }
 }
 
+/* Attention and SwiGLU: every kernel set gives the same bits (head sizes that take the SIMD path
+ * and one that does not, position counts around the kernels' eight), and the results are within
+ * float rounding of double-precision references: attention to 1e-5 of the values' magnitude,
+ * silu(g) * u to 4e-7 relative plus 1e-35 (exp underflows to its clamp, 1.6e-38, not to 0). */
+static void test_attention_swiglu(void) {
+    enum { MAX_HD = 72, MAX_POS = 77, STRIDE = MAX_HD + 8 };
+    static const uint32_t hds[] = {64, 72, 24, 20};
+    static const int32_t positions[] = {1, 7, 8, 9, 19, 77};
+    static float q[MAX_HD], keys[MAX_POS * STRIDE], values[MAX_POS * STRIDE], scores[MAX_POS], out[3][MAX_HD];
+    for (int i = 0; i < MAX_POS * STRIDE; i++) {
+        keys[i] = 2.0f * frand();
+        values[i] = frand();
+    }
+    for (int i = 0; i < MAX_HD; i++) q[i] = 2.0f * frand();
+    for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++) {
+        uint32_t hd = hds[h];
+        float scale = 1.0f / sqrtf((float)hd);
+        for (size_t k = 0; k < sizeof positions / sizeof positions[0]; k++) {
+            int32_t n_pos = positions[k];
+            for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
+                sov_isa use = (sov_isa)isa;
+                if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
+                sov_attention(use, q, keys, values, STRIDE, hd, n_pos, scale, scores, out[isa]);
+            }
+            CHECK(memcmp(out[0], out[1], hd * sizeof(float)) == 0);
+            CHECK(memcmp(out[0], out[2], hd * sizeof(float)) == 0);
+            double w[MAX_POS], max = -INFINITY, sum = 0;
+            for (int32_t p = 0; p < n_pos; p++) {
+                double dot = 0;
+                for (uint32_t d = 0; d < hd; d++) dot += (double)q[d] * keys[p * STRIDE + d];
+                w[p] = dot * scale;
+                if (w[p] > max) max = w[p];
+            }
+            for (int32_t p = 0; p < n_pos; p++) sum += (w[p] = exp(w[p] - max));
+            for (uint32_t d = 0; d < hd; d++) {
+                double ref = 0;
+                for (int32_t p = 0; p < n_pos; p++) ref += w[p] / sum * values[p * STRIDE + d];
+                CHECK(fabs(out[0][d] - ref) <= 1e-5);
+            }
+        }
+    }
+    enum { N = 203 };
+    static float g[3][N], u[N], g0[N];
+    for (int i = 0; i < N; i++) {
+        /* every range: exp's clamps at both ends, and around 0 */
+        g0[i] = i < 8 ? (float)(i % 2 ? 1 : -1) * (80.0f + 10.0f * (float)i) : 12.0f * frand();
+        u[i] = frand();
+    }
+    for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
+        sov_isa use = (sov_isa)isa;
+        if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
+        memcpy(g[isa], g0, sizeof g0);
+        sov_swiglu(use, g[isa], u, N);
+    }
+    CHECK(memcmp(g[0], g[1], sizeof g[0]) == 0);
+    CHECK(memcmp(g[0], g[2], sizeof g[0]) == 0);
+    for (int i = 0; i < N; i++) {
+        double ref = (double)g0[i] / (1.0 + exp(-(double)g0[i])) * u[i];
+        CHECK(fabs(g[0][i] - ref) <= 4e-7 * fabs(ref) + 1e-35);
+    }
+}
+
 /* Q8_K activations: the value of largest magnitude maps to -127, every quant is within half a step
  * of its value, the sums of 16 add up, and an all-zero block has scale 0. */
 static void test_quantize_q8k(void) {
@@ -864,6 +926,7 @@ int main(void) {
     test_dequantize();
     test_kernels_agree();
     test_kernels_bitwise_few_tokens();
+    test_attention_swiglu();
     test_quantize_q8k();
     test_kquant_kernels();
     test_q5_kernels();
