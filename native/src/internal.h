@@ -64,6 +64,9 @@ void sov_attention(sov_isa isa, const float *q, const float *keys, const float *
                    float scale, float *scores, float *out);
 /* g = silu(g) * u, elementwise over n; every kernel set gives the same bits. */
 void sov_swiglu(sov_isa isa, float *g, const float *u, uint64_t n);
+/* x += add (when not NULL), then out = w * x / sqrt(mean(x^2) + eps) over n; every kernel set gives
+ * the same bits. */
+void sov_add_rms_norm(sov_isa isa, float *x, const float *add, const float *w, float *out, uint64_t n, float eps);
 /* Whether a weight type is multiplied against sov_q8_block (sov_q8k_block) activations. */
 bool sov_type_uses_q8(uint32_t type);
 bool sov_type_uses_q8k(uint32_t type);

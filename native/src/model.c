@@ -548,13 +548,6 @@ static void attention_worker(void *arg, int ti, int nt) {
  * The forward pass
  * ------------------------------------------------------------------------------------- */
 
-static void rms_norm(const float *x, const float *w, float *out, uint64_t n, float eps) {
-    double ss = 0.0;
-    for (uint64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float r = (float)(1.0 / sqrt(ss / (double)n + eps));
-    for (uint64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * r);
-}
-
 static void rope(const sov_model *m, float *vec, uint32_t n_heads, const float *cs, const float *sn) {
     uint32_t hd = m->info.head_dim, half = m->info.n_rot / 2;
     for (uint32_t h = 0; h < n_heads; h++) {
@@ -581,12 +574,9 @@ static void norm_worker(void *arg, int ti, int nt) {
     const sov_model_info *in = &c->model->info;
     uint64_t e = in->n_embd;
     int64_t per = (j->n_tok + nt - 1) / nt, t0 = per * ti, t1 = t0 + per < j->n_tok ? t0 + per : j->n_tok;
-    for (int64_t t = t0; t < t1; t++) {
-        float *x = c->x + (uint64_t)t * e;
-        if (j->add)
-            for (uint64_t i = 0; i < e; i++) x[i] += j->add[(uint64_t)t * e + i];
-        rms_norm(x, j->w, c->xn + (uint64_t)t * e, e, in->rms_norm_eps);
-    }
+    for (int64_t t = t0; t < t1; t++)
+        sov_add_rms_norm(c->model->isa, c->x + (uint64_t)t * e, j->add ? j->add + (uint64_t)t * e : NULL, j->w, c->xn + (uint64_t)t * e, e,
+                         in->rms_norm_eps);
 }
 
 /* c->x += add (when given), then c->xn = rms_norm(c->x) * w; threaded when the chunk is long

@@ -872,7 +872,7 @@ DEFINE_K_DOTS(avx2, AVX2_TARGET, k_scaled_avx2)
 DEFINE_K_DOTS(vnni, VNNI_TARGET, k_scaled_vnni)
 
 /* ---------------------------------------------------------------------------------------
- * Register-blocked Q4_1 x Q8 tile for batched products (prefill, batched decode), AVX-512 VNNI
+ * Register-blocked Q4_1 and Q8_0 x Q8 tiles for batched products (prefill, batched decode), AVX-512 VNNI
  *
  * A tile is TILE_ROWS weight rows x TILE_TOKENS tokens. Every zmm accumulator holds two tokens'
  * 8-lane partial sums for one row, and each half is computed with exactly the operations of
@@ -947,6 +947,60 @@ VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, con
     tile_store_row(acc10, acc11, acc12, acc13, mins1, y + 1, ldy);
     tile_store_row(acc20, acc21, acc22, acc23, mins2, y + 2, ldy);
     tile_store_row(acc30, acc31, acc32, acc33, mins3, y + 3, ldy);
+}
+
+/* The Q8_0 tile (the output head of batched decode), each (row, token) bit-identical to
+ * dot_q8_0_vnni. The one-pair kernel moves the weight's sign onto the activations; with two tokens
+ * per vector the activations are offset instead, to x + 128, which is unsigned: the lanes of
+ * (x + 128) * w less 128 * w are the same integers, and the correction starts the accumulation. */
+#define TILE_Q8_0_ROW_STEP(R)                                                                                         \
+    do {                                                                                                              \
+        const block_q8_0 *a = (const block_q8_0 *)(w + (uint64_t)(R) * row_bytes) + b;                              \
+        __m512i wq = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)a->qs));                              \
+        __m512i corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wq));                                 \
+        __m512 dw = _mm512_set1_ps(_cvtsh_ss(a->d));                                                                  \
+        acc##R##0 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd0), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xu0, wq)), acc##R##0); \
+        acc##R##1 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd1), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xu1, wq)), acc##R##1); \
+        acc##R##2 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd2), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xu2, wq)), acc##R##2); \
+        acc##R##3 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd3), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xu3, wq)), acc##R##3); \
+    } while (0)
+
+VNNI_TARGET static inline void tile_store_row_q8_0(__m512 a0, __m512 a1, __m512 a2, __m512 a3, float *y, int64_t ldy) {
+    __m512 acc[TILE_TOKENS / 2] = {a0, a1, a2, a3};
+    for (int p = 0; p < TILE_TOKENS / 2; p++) {
+        y[(2 * p) * ldy] = hsum_avx2(_mm512_castps512_ps256(acc[p]));
+        y[(2 * p + 1) * ldy] = hsum_avx2(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[p]), 1)));
+    }
+}
+
+VNNI_TARGET static void tile_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, uint64_t nb, float *y, int64_t ldy) {
+    const __m512i zero = _mm512_setzero_si512(), offset = _mm512_set1_epi8((char)0x80);
+    __m512 acc00 = _mm512_setzero_ps(), acc01 = acc00, acc02 = acc00, acc03 = acc00, acc10 = acc00, acc11 = acc00, acc12 = acc00,
+           acc13 = acc00, acc20 = acc00, acc21 = acc00, acc22 = acc00, acc23 = acc00, acc30 = acc00, acc31 = acc00, acc32 = acc00,
+           acc33 = acc00;
+    const __m256i tok_off = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)(nb * sizeof(sov_q8_block))));
+    const uint8_t *next = w + TILE_ROWS * row_bytes;
+    uint64_t ahead = (TILE_ROWS * row_bytes + nb - 1) / nb;
+    for (uint64_t b = 0; b < nb; b++) {
+        _mm_prefetch((const char *)next + b * ahead, _MM_HINT_T0);
+        _mm_prefetch((const char *)next + b * ahead + 64, _MM_HINT_T0);
+        if (ahead > 128) _mm_prefetch((const char *)next + b * ahead + 128, _MM_HINT_T0);
+        __m256 d8 = _mm256_i32gather_ps(&x[b].d, tok_off, 1);
+        TILE_PAIR_LOAD(0);
+        TILE_PAIR_LOAD(1);
+        TILE_PAIR_LOAD(2);
+        TILE_PAIR_LOAD(3);
+        __m512i xu0 = _mm512_xor_si512(xq0, offset), xu1 = _mm512_xor_si512(xq1, offset), xu2 = _mm512_xor_si512(xq2, offset),
+                xu3 = _mm512_xor_si512(xq3, offset);
+        TILE_Q8_0_ROW_STEP(0);
+        TILE_Q8_0_ROW_STEP(1);
+        TILE_Q8_0_ROW_STEP(2);
+        TILE_Q8_0_ROW_STEP(3);
+    }
+    tile_store_row_q8_0(acc00, acc01, acc02, acc03, y, ldy);
+    tile_store_row_q8_0(acc10, acc11, acc12, acc13, y + 1, ldy);
+    tile_store_row_q8_0(acc20, acc21, acc22, acc23, y + 2, ldy);
+    tile_store_row_q8_0(acc30, acc31, acc32, acc33, y + 3, ldy);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -1037,7 +1091,7 @@ VNNI_TARGET static void rows_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, con
 #endif
 
 /* ---------------------------------------------------------------------------------------
- * Attention and the SwiGLU activation
+ * Attention, the SwiGLU activation and the RMS norm
  *
  * exp is a polynomial (Cephes' expf: the argument reduced by n ln 2 in two parts, a degree-5
  * polynomial on [-ln2/2, ln2/2], times 2^n; about 1 ulp), written once with scalar fused
@@ -1119,6 +1173,27 @@ static void attention_scalar(const float *q, const float *keys, const float *val
     }
     float inv = 1.0f / sum;
     for (uint32_t d = 0; d < hd; d++) out[d] *= inv;
+}
+
+/* RMS norm as llama.cpp computes it (the sum of squares in double), after adding the residual:
+ * x += add (when not NULL), out = w * (x * r) with r = 1 / sqrt(mean(x^2) + eps). The squares are
+ * summed in eight lanes (element i in lane i % 8, as two vectors of four doubles) reduced as
+ * ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), then the elements past the last eight. */
+static double sum_squares_tail(const float *x, uint64_t i, uint64_t n, double ss) {
+    for (; i < n; i++) ss += (double)x[i] * x[i];
+    return ss;
+}
+
+static void add_rms_norm_scalar(float *x, const float *add, const float *w, float *out, uint64_t n, float eps) {
+    if (add)
+        for (uint64_t i = 0; i < n; i++) x[i] += add[i];
+    double l[8] = {0};
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) l[j] += (double)x[i + j] * x[i + j];
+    double ss = sum_squares_tail(x, i, n, ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7])));
+    float r = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (i = 0; i < n; i++) out[i] = w[i] * (x[i] * r);
 }
 
 static void swiglu_scalar(float *g, const float *u, uint64_t n) {
@@ -1220,6 +1295,27 @@ AVX2_TARGET static void attention_avx2(const float *q, const float *keys, const 
     }
 }
 
+AVX2_TARGET static void add_rms_norm_avx2(float *x, const float *add, const float *w, float *out, uint64_t n, float eps) {
+    uint64_t i = 0;
+    if (add) {
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(add + i)));
+        for (; i < n; i++) x[i] += add[i];
+    }
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), hi = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+        acc0 = _mm256_add_pd(acc0, _mm256_mul_pd(lo, lo));
+        acc1 = _mm256_add_pd(acc1, _mm256_mul_pd(hi, hi));
+    }
+    __m256d t = _mm256_add_pd(acc0, acc1);
+    __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+    double ss = sum_squares_tail(x, i, n, _mm_cvtsd_f64(_mm_add_sd(u, _mm_unpackhi_pd(u, u))));
+    float r = (float)(1.0 / sqrt(ss / (double)n + eps));
+    __m256 vr = _mm256_set1_ps(r);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_mul_ps(_mm256_loadu_ps(x + i), vr)));
+    for (; i < n; i++) out[i] = w[i] * (x[i] * r);
+}
+
 AVX2_TARGET static void swiglu_avx2(float *g, const float *u, uint64_t n) {
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
     uint64_t i = 0;
@@ -1242,6 +1338,17 @@ void sov_attention(sov_isa isa, const float *q, const float *keys, const float *
 #endif
     (void)isa;
     attention_scalar(q, keys, values, stride, hd, n_pos, scale, scores, out);
+}
+
+void sov_add_rms_norm(sov_isa isa, float *x, const float *add, const float *w, float *out, uint64_t n, float eps) {
+#ifdef SOV_X86
+    if (isa != SOV_ISA_SCALAR) {
+        add_rms_norm_avx2(x, add, w, out, n, eps);
+        return;
+    }
+#endif
+    (void)isa;
+    add_rms_norm_scalar(x, add, w, out, n, eps);
 }
 
 void sov_swiglu(sov_isa isa, float *g, const float *u, uint64_t n) {
@@ -1374,12 +1481,15 @@ void sov_matmul_rows(sov_isa isa, uint32_t wtype, const void *w, uint64_t cols, 
 #ifdef SOV_X86
         /* whole tiles of tokens go through the register-blocked kernel, rows left over from the
          * row tiles through the one-pair kernel */
-        if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q4_1) {
+        void (*tile)(const uint8_t *, uint64_t, const sov_q8_block *, uint64_t, float *, int64_t) = NULL;
+        if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q4_1) tile = tile_q4_1_vnni;
+        if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q8_0) tile = tile_q8_0_vnni;
+        if (tile) {
             for (; t_done + TILE_TOKENS <= n_tok; t_done += TILE_TOKENS) {
                 const sov_q8_block *xt = xq + (uint64_t)t_done * nb;
                 float *yt = y + t_done * ldy;
                 int64_t r = r0;
-                for (; r + TILE_ROWS <= r1; r += TILE_ROWS) tile_q4_1_vnni(wb + (uint64_t)r * row_bytes, row_bytes, xt, nb, yt + r, ldy);
+                for (; r + TILE_ROWS <= r1; r += TILE_ROWS) tile(wb + (uint64_t)r * row_bytes, row_bytes, xt, nb, yt + r, ldy);
                 for (; r < r1; r++)
                     for (int64_t t = 0; t < TILE_TOKENS; t++) yt[t * ldy + r] = dot(wb + (uint64_t)r * row_bytes, xt + (uint64_t)t * nb, nb);
             }

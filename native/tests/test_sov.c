@@ -311,7 +311,7 @@ static void test_q5_kernels(void) {
  * sets: the SIMD kernels sum in the scalar path's order. Rows 1..14 of 15 start a range inside the
  * matrix and leave rows over after the blocks of four; 1..7 tokens stay below a register tile. */
 static void test_kernels_bitwise_few_tokens(void) {
-    enum { COLS = 576, ROWS = 15, TOK = 7 };
+    enum { COLS = 576, ROWS = 15, TOK = 19 };
     static const uint32_t types[] = {SOV_TYPE_Q4_0, SOV_TYPE_Q4_1, SOV_TYPE_Q8_0};
     static float x[TOK * COLS];
     static sov_q8_block xq[TOK * COLS / 32];
@@ -325,7 +325,10 @@ static void test_kernels_bitwise_few_tokens(void) {
             w[b * bb + 1] = 0x20;
             if (t == SOV_TYPE_Q4_1) w[b * bb + 3] = 0xa0;
         }
-        for (int n_tok = 1; n_tok <= TOK; n_tok += 3) {
+        /* 1, 4 and 7 tokens take the row kernels; 8 and more the tiles of 8 tokens, then the rows */
+        static const int token_counts[] = {1, 4, 7, 8, 11, 16, 19};
+        for (size_t c = 0; c < sizeof token_counts / sizeof token_counts[0]; c++) {
+            int n_tok = token_counts[c];
             static float y[3][TOK * ROWS];
             memset(y, 0, sizeof y);
             for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
@@ -399,6 +402,42 @@ static void test_attention_swiglu(void) {
     for (int i = 0; i < N; i++) {
         double ref = (double)g0[i] / (1.0 + exp(-(double)g0[i])) * u[i];
         CHECK(fabs(g[0][i] - ref) <= 4e-7 * fabs(ref) + 1e-35);
+    }
+}
+
+/* The residual add and RMS norm: the same bits from every kernel set (widths with and without a
+ * tail past the last eight), and within float rounding of a double-precision reference. */
+static void test_add_rms_norm(void) {
+    enum { MAX_N = 203 };
+    static const uint64_t widths[] = {576, 203, 8, 3};
+    static float x0[MAX_N], add[MAX_N], w[MAX_N], x[3][MAX_N], out[3][MAX_N];
+    for (int i = 0; i < MAX_N; i++) {
+        x0[i] = 3.0f * frand();
+        add[i] = frand();
+        w[i] = 1.0f + 0.5f * frand();
+    }
+    for (size_t k = 0; k < sizeof widths / sizeof widths[0]; k++) {
+        uint64_t n = widths[k] < MAX_N ? widths[k] : MAX_N;
+        for (int with_add = 0; with_add < 2; with_add++) {
+            for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
+                sov_isa use = (sov_isa)isa;
+                if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
+                memcpy(x[isa], x0, sizeof x0);
+                sov_add_rms_norm(use, x[isa], with_add ? add : NULL, w, out[isa], n, 1e-5f);
+            }
+            CHECK(memcmp(x[0], x[1], n * sizeof(float)) == 0 && memcmp(x[0], x[2], n * sizeof(float)) == 0);
+            CHECK(memcmp(out[0], out[1], n * sizeof(float)) == 0 && memcmp(out[0], out[2], n * sizeof(float)) == 0);
+            double ss = 0;
+            for (uint64_t i = 0; i < n; i++) {
+                double v = (double)x0[i] + (with_add ? add[i] : 0.0f);
+                ss += v * v;
+            }
+            double r = 1.0 / sqrt(ss / (double)n + 1e-5);
+            for (uint64_t i = 0; i < n; i++) {
+                double ref = w[i] * ((double)x0[i] + (with_add ? add[i] : 0.0f)) * r;
+                CHECK(fabs(out[0][i] - ref) <= 1e-6 * (1 + fabs(ref)));
+            }
+        }
     }
 }
 
@@ -927,6 +966,7 @@ int main(void) {
     test_kernels_agree();
     test_kernels_bitwise_few_tokens();
     test_attention_swiglu();
+    test_add_rms_norm();
     test_quantize_q8k();
     test_kquant_kernels();
     test_q5_kernels();
