@@ -884,6 +884,21 @@ DEFINE_K_DOTS(vnni, VNNI_TARGET, k_scaled_vnni)
 #define TILE_ROWS 4
 #define TILE_TOKENS 8
 
+/* The activation scales of a tile's tokens, laid out once per tile of tokens for the kernels' loads
+ * (gathering them per block and row range cost a fifth of the kernel): per block, the scales of
+ * tokens 2P and 2P + 1 in lanes 0-7 and 8-15 of vector P (P < 4), then the eight tokens' d * sum(q). */
+#define TILE_SCALES (TILE_TOKENS / 2 * 16 + TILE_TOKENS)
+
+static void tile_scales(const sov_q8_block *x, uint64_t nb, float *out) {
+    for (uint64_t b = 0; b < nb; b++) {
+        float *o = out + b * TILE_SCALES;
+        for (int t = 0; t < TILE_TOKENS; t++) {
+            for (int l = 0; l < 8; l++) o[16 * (t / 2) + 8 * (t % 2) + l] = x[(uint64_t)t * nb + b].d;
+            o[TILE_TOKENS / 2 * 16 + t] = x[(uint64_t)t * nb + b].s;
+        }
+    }
+}
+
 /* One row of the tile: its four two-token accumulators and its eight tokens' mins. */
 #define TILE_ROW_STEP(R)                                                                                              \
     do {                                                                                                              \
@@ -901,9 +916,7 @@ DEFINE_K_DOTS(vnni, VNNI_TARGET, k_scaled_vnni)
 #define TILE_PAIR_LOAD(P)                                                                                             \
     __m512i xq##P = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)x[(2 * (P)) * nb + b].q)), \
                                        _mm256_loadu_si256((const __m256i *)x[(2 * (P) + 1) * nb + b].q), 1);       \
-    __m512 xd##P = _mm512_permutexvar_ps(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * (P))),        \
-                                                            _mm256_set1_epi32(2 * (P) + 1), 1),                       \
-                                         _mm512_castps256_ps512(d8))
+    __m512 xd##P = _mm512_loadu_ps(sc + b * TILE_SCALES + 16 * (P))
 
 VNNI_TARGET static inline void tile_store_row(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m256 mins, float *y, int64_t ldy) {
     float m[TILE_TOKENS];
@@ -917,14 +930,13 @@ VNNI_TARGET static inline void tile_store_row(__m512 a0, __m512 a1, __m512 a2, _
     }
 }
 
-VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, uint64_t nb, float *y, int64_t ldy) {
+VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, const float *sc, uint64_t nb, float *y,
+                                       int64_t ldy) {
     const __m512i zero = _mm512_setzero_si512();
     __m512 acc00 = _mm512_setzero_ps(), acc01 = acc00, acc02 = acc00, acc03 = acc00, acc10 = acc00, acc11 = acc00, acc12 = acc00,
            acc13 = acc00, acc20 = acc00, acc21 = acc00, acc22 = acc00, acc23 = acc00, acc30 = acc00, acc31 = acc00, acc32 = acc00,
            acc33 = acc00;
     __m256 mins0 = _mm256_setzero_ps(), mins1 = mins0, mins2 = mins0, mins3 = mins0;
-    /* byte offsets of the tile's tokens from token 0, for gathering their per-block scales */
-    const __m256i tok_off = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)(nb * sizeof(sov_q8_block))));
     /* the next tile's rows, a share per block, as the row kernels do: with few tokens (batched
      * decode) the weights come from memory once, and the loads would otherwise wait on it */
     const uint8_t *next = w + TILE_ROWS * row_bytes;
@@ -933,7 +945,7 @@ VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, con
         _mm_prefetch((const char *)next + b * ahead, _MM_HINT_T0);
         _mm_prefetch((const char *)next + b * ahead + 64, _MM_HINT_T0);
         if (ahead > 128) _mm_prefetch((const char *)next + b * ahead + 128, _MM_HINT_T0);
-        __m256 d8 = _mm256_i32gather_ps(&x[b].d, tok_off, 1), s8 = _mm256_i32gather_ps(&x[b].s, tok_off, 1);
+        __m256 s8 = _mm256_loadu_ps(sc + b * TILE_SCALES + TILE_TOKENS / 2 * 16);
         TILE_PAIR_LOAD(0);
         TILE_PAIR_LOAD(1);
         TILE_PAIR_LOAD(2);
@@ -973,19 +985,18 @@ VNNI_TARGET static inline void tile_store_row_q8_0(__m512 a0, __m512 a1, __m512 
     }
 }
 
-VNNI_TARGET static void tile_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, uint64_t nb, float *y, int64_t ldy) {
+VNNI_TARGET static void tile_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, const float *sc, uint64_t nb, float *y,
+                                       int64_t ldy) {
     const __m512i zero = _mm512_setzero_si512(), offset = _mm512_set1_epi8((char)0x80);
     __m512 acc00 = _mm512_setzero_ps(), acc01 = acc00, acc02 = acc00, acc03 = acc00, acc10 = acc00, acc11 = acc00, acc12 = acc00,
            acc13 = acc00, acc20 = acc00, acc21 = acc00, acc22 = acc00, acc23 = acc00, acc30 = acc00, acc31 = acc00, acc32 = acc00,
            acc33 = acc00;
-    const __m256i tok_off = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)(nb * sizeof(sov_q8_block))));
     const uint8_t *next = w + TILE_ROWS * row_bytes;
     uint64_t ahead = (TILE_ROWS * row_bytes + nb - 1) / nb;
     for (uint64_t b = 0; b < nb; b++) {
         _mm_prefetch((const char *)next + b * ahead, _MM_HINT_T0);
         _mm_prefetch((const char *)next + b * ahead + 64, _MM_HINT_T0);
         if (ahead > 128) _mm_prefetch((const char *)next + b * ahead + 128, _MM_HINT_T0);
-        __m256 d8 = _mm256_i32gather_ps(&x[b].d, tok_off, 1);
         TILE_PAIR_LOAD(0);
         TILE_PAIR_LOAD(1);
         TILE_PAIR_LOAD(2);
@@ -1481,19 +1492,24 @@ void sov_matmul_rows(sov_isa isa, uint32_t wtype, const void *w, uint64_t cols, 
 #ifdef SOV_X86
         /* whole tiles of tokens go through the register-blocked kernel, rows left over from the
          * row tiles through the one-pair kernel */
-        void (*tile)(const uint8_t *, uint64_t, const sov_q8_block *, uint64_t, float *, int64_t) = NULL;
+        void (*tile)(const uint8_t *, uint64_t, const sov_q8_block *, const float *, uint64_t, float *, int64_t) = NULL;
         if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q4_1) tile = tile_q4_1_vnni;
         if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q8_0) tile = tile_q8_0_vnni;
+        /* the tiles' scales: on the stack up to 64 blocks (2048 columns) */
+        float stack_sc[TILE_SCALES * 64], *sc = stack_sc;
+        if (tile && n_tok >= TILE_TOKENS && nb > 64 && !(sc = malloc(nb * TILE_SCALES * sizeof(float)))) tile = NULL;
         if (tile) {
             for (; t_done + TILE_TOKENS <= n_tok; t_done += TILE_TOKENS) {
                 const sov_q8_block *xt = xq + (uint64_t)t_done * nb;
                 float *yt = y + t_done * ldy;
+                tile_scales(xt, nb, sc);
                 int64_t r = r0;
-                for (; r + TILE_ROWS <= r1; r += TILE_ROWS) tile(wb + (uint64_t)r * row_bytes, row_bytes, xt, nb, yt + r, ldy);
+                for (; r + TILE_ROWS <= r1; r += TILE_ROWS) tile(wb + (uint64_t)r * row_bytes, row_bytes, xt, sc, nb, yt + r, ldy);
                 for (; r < r1; r++)
                     for (int64_t t = 0; t < TILE_TOKENS; t++) yt[t * ldy + r] = dot(wb + (uint64_t)r * row_bytes, xt + (uint64_t)t * nb, nb);
             }
         }
+        if (sc != stack_sc) free(sc);
         /* the tokens left, few at decode, four rows at a time */
         void (*rows)(const uint8_t *, uint64_t, const sov_q8_block *, uint64_t, float *) = NULL;
         if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q4_1) rows = rows_q4_1_vnni;

@@ -307,38 +307,43 @@ static void test_q5_kernels(void) {
     CHECK(changed == 1 && after[19] - before[19] == 16.0f);
 }
 
-/* Decode-sized products (a few tokens, the row-blocked kernels) are bit-identical across the kernel
- * sets: the SIMD kernels sum in the scalar path's order. Rows 1..14 of 15 start a range inside the
- * matrix and leave rows over after the blocks of four; 1..7 tokens stay below a register tile. */
+/* Products of 1..19 tokens are bit-identical across the kernel sets: the SIMD kernels (row blocks
+ * for a few tokens, register tiles of 8 tokens) sum in the scalar path's order. Rows 1..14 of 15
+ * start a range inside the matrix and leave rows over after the blocks of four; 576 columns keep
+ * the tiles' scales on the stack, 2240 (70 blocks) put them on the heap. */
 static void test_kernels_bitwise_few_tokens(void) {
-    enum { COLS = 576, ROWS = 15, TOK = 19 };
+    enum { MAX_COLS = 2240, ROWS = 15, TOK = 19 };
     static const uint32_t types[] = {SOV_TYPE_Q4_0, SOV_TYPE_Q4_1, SOV_TYPE_Q8_0};
-    static float x[TOK * COLS];
-    static sov_q8_block xq[TOK * COLS / 32];
-    static uint8_t w[ROWS * COLS / 32 * 34];
-    for (int i = 0; i < TOK * COLS; i++) x[i] = frand();
+    static const uint64_t widths[] = {576, MAX_COLS};
+    static float x[TOK * MAX_COLS];
+    static sov_q8_block xq[TOK * MAX_COLS / 32];
+    static uint8_t w[ROWS * MAX_COLS / 32 * 34];
+    for (int i = 0; i < TOK * MAX_COLS; i++) x[i] = frand();
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
-        uint32_t t = types[k], bb = sov_type_block_bytes(t);
-        uint64_t bytes = (uint64_t)ROWS * COLS / 32 * bb;
-        for (uint64_t i = 0; i < bytes; i++) w[i] = (uint8_t)((rng = rng * 6364136223846793005ull + 1442695040888963407ull) >> 33);
-        for (uint64_t b = 0; b < bytes / bb; b++) {
-            w[b * bb + 1] = 0x20;
-            if (t == SOV_TYPE_Q4_1) w[b * bb + 3] = 0xa0;
-        }
-        /* 1, 4 and 7 tokens take the row kernels; 8 and more the tiles of 8 tokens, then the rows */
-        static const int token_counts[] = {1, 4, 7, 8, 11, 16, 19};
-        for (size_t c = 0; c < sizeof token_counts / sizeof token_counts[0]; c++) {
-            int n_tok = token_counts[c];
-            static float y[3][TOK * ROWS];
-            memset(y, 0, sizeof y);
-            for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
-                sov_isa use = (sov_isa)isa;
-                if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
-                for (int tok = 0; tok < n_tok; tok++) sov_quantize_row_q8(use, x + tok * COLS, xq + tok * (COLS / 32), COLS);
-                sov_matmul_rows(use, t, w, COLS, 1, ROWS - 1, x, xq, n_tok, y[isa], ROWS);
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+            uint64_t cols = widths[wi];
+            uint32_t t = types[k], bb = sov_type_block_bytes(t);
+            uint64_t bytes = (uint64_t)ROWS * cols / 32 * bb;
+            for (uint64_t i = 0; i < bytes; i++) w[i] = (uint8_t)((rng = rng * 6364136223846793005ull + 1442695040888963407ull) >> 33);
+            for (uint64_t b = 0; b < bytes / bb; b++) {
+                w[b * bb + 1] = 0x20;
+                if (t == SOV_TYPE_Q4_1) w[b * bb + 3] = 0xa0;
             }
-            CHECK(memcmp(y[0], y[1], sizeof y[0]) == 0);
-            CHECK(memcmp(y[0], y[2], sizeof y[0]) == 0);
+            /* 1, 4 and 7 tokens take the row kernels; 8 and more the tiles of 8 tokens, then the rows */
+            static const int token_counts[] = {1, 4, 7, 8, 11, 16, 19};
+            for (size_t c = 0; c < sizeof token_counts / sizeof token_counts[0]; c++) {
+                int n_tok = token_counts[c];
+                static float y[3][TOK * ROWS];
+                memset(y, 0, sizeof y);
+                for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
+                    sov_isa use = (sov_isa)isa;
+                    if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
+                    for (int tok = 0; tok < n_tok; tok++) sov_quantize_row_q8(use, x + tok * cols, xq + tok * (cols / 32), cols);
+                    sov_matmul_rows(use, t, w, cols, 1, ROWS - 1, x, xq, n_tok, y[isa], ROWS);
+                }
+                CHECK(memcmp(y[0], y[1], sizeof y[0]) == 0);
+                CHECK(memcmp(y[0], y[2], sizeof y[0]) == 0);
+            }
         }
     }
 }
