@@ -1102,94 +1102,42 @@ VNNI_TARGET static void rows_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, con
 #endif
 
 /* ---------------------------------------------------------------------------------------
- * Attention, the SwiGLU activation and the RMS norm
+ * Attention and the RMS norm
  *
- * exp is a polynomial (Cephes' expf: the argument reduced by n ln 2 in two parts, a degree-5
- * polynomial on [-ln2/2, ln2/2], times 2^n; about 1 ulp), written once with scalar fused
- * multiply-adds and once on eight lanes with the same operations, so that both kernel sets
- * give the same bits. Arguments are clamped to [-87, 88], where 2^n is a normal float: softmax
- * takes exp(-87) ~ 1.6e-38 for 0, and SiLU's 1 + exp(88) stays finite.
- *
- * The attention kernels keep the same bits across kernel sets too (the scalar kernels emulate
- * the eight lanes): a score is a dot product in eight lanes summed pairwise, ((l0 + l1) +
- * (l2 + l3)) + ((l4 + l5) + (l6 + l7)); the exponentials are summed in eight lanes (positions
- * p and p + 8 share a lane) summed as hsum8, then the positions past the last eight one by one;
- * the values are weighted by the unnormalised exponentials, position by position with one
- * multiply-add per element, and the sum divides once at the end.
+ * Both give the bits of the code they replace, which did one dot_f32/axpy_f32 call per position
+ * and head, libm's expf per score, and a scalar norm: the forward pass stays bit-identical, and
+ * with it the agreement with the references (8-bit activations turn any rounding difference into
+ * logit differences of up to a unit or so somewhere in a long run). Every kernel set therefore
+ * gives the same bits too, as the matrix kernels do. exp stays libm's: a polynomial of 1-2 ulp
+ * changed the logits by up to 1.2 and took the largest difference to llama.cpp past the
+ * agreement test's bound.
  * ------------------------------------------------------------------------------------- */
-
-#define EXP_LO (-87.0f)
-#define EXP_HI 88.0f
-#define EXP_LOG2E 1.44269504088896341f
-#define EXP_LN2_HI 0.693359375f
-#define EXP_LN2_LO (-2.12194440e-4f)
-#define EXP_P0 1.9875691500e-4f
-#define EXP_P1 1.3981999507e-3f
-#define EXP_P2 8.3334519073e-3f
-#define EXP_P3 4.1665795894e-2f
-#define EXP_P4 1.6666665459e-1f
-#define EXP_P5 5.0000001201e-1f
-
-static float exp_scalar(float x) {
-    x = fminf(fmaxf(x, EXP_LO), EXP_HI);
-    float n = nearbyintf(x * EXP_LOG2E);
-    float r = fmaf(-n, EXP_LN2_HI, x);
-    r = fmaf(-n, EXP_LN2_LO, r);
-    float p = fmaf(EXP_P0, r, EXP_P1);
-    p = fmaf(p, r, EXP_P2);
-    p = fmaf(p, r, EXP_P3);
-    p = fmaf(p, r, EXP_P4);
-    p = fmaf(p, r, EXP_P5);
-    float y = fmaf(p, r * r, r) + 1.0f;
-    return y * bits_to_float((uint32_t)((int32_t)n + 127) << 23);
-}
-
-static float pairsum8(const float *l) { return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])); }
-
-/* Score of one key: dot(q, k) in eight lanes (then one by one past the last eight: the SIMD
- * kernel takes only head sizes that are multiples of 8). */
-static float score_scalar(const float *q, const float *k, uint32_t hd) {
-    float l[8] = {0};
-    uint32_t d = 0;
-    for (; d + 8 <= hd; d += 8)
-        for (int j = 0; j < 8; j++) l[j] = fmaf(q[d + j], k[d + j], l[j]);
-    float s = pairsum8(l);
-    for (; d < hd; d++) s = fmaf(q[d], k[d], s);
-    return s;
-}
 
 static void attention_scalar(const float *q, const float *keys, const float *values, uint64_t stride, uint32_t hd, int32_t n_pos,
                              float scale, float *scores, float *out) {
     float max = -INFINITY;
     for (int32_t p = 0; p < n_pos; p++) {
-        scores[p] = score_scalar(q, keys + (uint64_t)p * stride, hd) * scale;
+        scores[p] = dot_f32_scalar(q, keys + (uint64_t)p * stride, hd) * scale;
         max = fmaxf(max, scores[p]);
     }
-    float lanes[8] = {0}, sum;
-    int32_t p = 0;
-    for (; p + 8 <= n_pos; p += 8)
-        for (int j = 0; j < 8; j++) {
-            scores[p + j] = exp_scalar(scores[p + j] - max);
-            lanes[j] += scores[p + j];
-        }
-    sum = hsum8(lanes);
-    for (; p < n_pos; p++) {
-        scores[p] = exp_scalar(scores[p] - max);
+    float sum = 0.0f;
+    for (int32_t p = 0; p < n_pos; p++) {
+        scores[p] = expf(scores[p] - max);
         sum += scores[p];
     }
     memset(out, 0, hd * sizeof(float));
-    for (p = 0; p < n_pos; p++) {
-        const float *v = values + (uint64_t)p * stride;
-        for (uint32_t d = 0; d < hd; d++) out[d] = fmaf(scores[p], v[d], out[d]);
+    for (int32_t p = 0; p < n_pos; p++) {
+        const float *v = values + (uint64_t)p * stride, w = scores[p] / sum;
+        for (uint32_t d = 0; d < hd; d++) out[d] = fmaf(w, v[d], out[d]);
     }
-    float inv = 1.0f / sum;
-    for (uint32_t d = 0; d < hd; d++) out[d] *= inv;
 }
 
 /* RMS norm as llama.cpp computes it (the sum of squares in double), after adding the residual:
  * x += add (when not NULL), out = w * (x * r) with r = 1 / sqrt(mean(x^2) + eps). The squares are
  * summed in eight lanes (element i in lane i % 8, as two vectors of four doubles) reduced as
- * ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), then the elements past the last eight. */
+ * ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), then the elements past the last eight. That
+ * order differs from the old sequential sum by double rounding only, which changes the float r
+ * with a probability of about 1e-9 per row. */
 static double sum_squares_tail(const float *x, uint64_t i, uint64_t n, double ss) {
     for (; i < n; i++) ss += (double)x[i] * x[i];
     return ss;
@@ -1207,102 +1155,81 @@ static void add_rms_norm_scalar(float *x, const float *add, const float *w, floa
     for (i = 0; i < n; i++) out[i] = w[i] * (x[i] * r);
 }
 
-static void swiglu_scalar(float *g, const float *u, uint64_t n) {
-    for (uint64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + exp_scalar(-g[i])) * u[i];
-}
-
 #ifdef SOV_X86
-AVX2_TARGET static inline __m256 exp_avx2(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
-    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(EXP_P0), r, _mm256_set1_ps(EXP_P1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
-    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+/* The attention kernel's arrays of accumulators live in registers only once their loops are
+ * unrolled, which -O2 does not do by itself. */
+#define UNROLL _Pragma("GCC unroll 8")
+
+/* Four keys' scores at once, each summed exactly as dot_f32_avx2 sums one: lanes of two
+ * accumulators added, then hsum_avx2's order ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)),
+ * for the four together: s[j] in lane j of the result's low half... as lanes 0, 4, 1, 5. */
+AVX2_TARGET static inline void hsum4_avx2(const __m256 a[4], float *out) {
+    __m256 x01 = _mm256_add_ps(_mm256_permute2f128_ps(a[0], a[1], 0x20), _mm256_permute2f128_ps(a[0], a[1], 0x31));
+    __m256 x23 = _mm256_add_ps(_mm256_permute2f128_ps(a[2], a[3], 0x20), _mm256_permute2f128_ps(a[2], a[3], 0x31));
+    /* per 128-bit half: (l0 + l4) + (l2 + l6) and (l1 + l5) + (l3 + l7) of keys 0, 2 (low) and 1, 3 (high) */
+    __m256 y = _mm256_add_ps(_mm256_shuffle_ps(x01, x23, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(x01, x23, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 z = _mm256_add_ps(_mm256_shuffle_ps(y, y, _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(y, y, _MM_SHUFFLE(3, 1, 3, 1)));
+    out[0] = _mm256_cvtss_f32(z);
+    out[2] = _mm_cvtss_f32(_mm_movehdup_ps(_mm256_castps256_ps128(z)));
+    __m128 hi = _mm256_extractf128_ps(z, 1);
+    out[1] = _mm_cvtss_f32(hi);
+    out[3] = _mm_cvtss_f32(_mm_movehdup_ps(hi));
 }
 
-/* The attention kernels' arrays of eight accumulators live in registers only once their loops
- * are unrolled, which -O2 does not do by itself. */
-#define UNROLL8 _Pragma("GCC unroll 8")
-
-/* Lane j of the result: pairsum8 of a_j. */
-AVX2_TARGET static inline __m256 pairsum8x8(const __m256 a[8]) {
-    __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-}
-
-AVX2_TARGET static inline float pairsum8_avx2(__m256 a) {
-    __m256 h = _mm256_hadd_ps(a, a);
-    h = _mm256_hadd_ps(h, h);
-    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-}
-
-/* hd a multiple of 8. Eight keys at a time, their dot products in eight accumulators reduced
- * together; then the weighted values 64 (or 8) dimensions at a time, held in registers over
- * all positions. */
+/* hd a multiple of 16. Four keys at a time, their dot products reduced together; the weighted
+ * values 64 (or 16) dimensions at a time, held in registers over all positions. */
 AVX2_TARGET static void attention_avx2(const float *q, const float *keys, const float *values, uint64_t stride, uint32_t hd, int32_t n_pos,
                                        float scale, float *scores, float *out) {
-    const __m256 vscale = _mm256_set1_ps(scale);
-    __m256 vmax = _mm256_set1_ps(-INFINITY);
-    int32_t p = 0;
-    for (; p + 8 <= n_pos; p += 8) {
-        const float *k = keys + (uint64_t)p * stride;
-        __m256 acc[8];
-        UNROLL8 for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
-        for (uint32_t d = 0; d < hd; d += 8) {
-            __m256 qv = _mm256_loadu_ps(q + d);
-            UNROLL8 for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (uint64_t)j * stride + d), acc[j]);
-        }
-        __m256 s = _mm256_mul_ps(pairsum8x8(acc), vscale);
-        _mm256_storeu_ps(scores + p, s);
-        vmax = _mm256_max_ps(vmax, s);
-    }
-    float lanes[8];
-    _mm256_storeu_ps(lanes, vmax);
     float max = -INFINITY;
-    UNROLL8 for (int j = 0; j < 8; j++) max = fmaxf(max, lanes[j]);
-    for (; p < n_pos; p++) {
+    int32_t p = 0;
+    for (; p + 4 <= n_pos; p += 4) {
         const float *k = keys + (uint64_t)p * stride;
-        __m256 acc = _mm256_setzero_ps();
-        for (uint32_t d = 0; d < hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), acc);
-        scores[p] = pairsum8_avx2(acc) * scale;
+        __m256 acc0[4], acc1[4];
+        UNROLL for (int j = 0; j < 4; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();
+        for (uint32_t d = 0; d < hd; d += 16) {
+            __m256 q0 = _mm256_loadu_ps(q + d), q1 = _mm256_loadu_ps(q + d + 8);
+            UNROLL for (int j = 0; j < 4; j++) {
+                acc0[j] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k + (uint64_t)j * stride + d), acc0[j]);
+                acc1[j] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k + (uint64_t)j * stride + d + 8), acc1[j]);
+            }
+        }
+        UNROLL for (int j = 0; j < 4; j++) acc0[j] = _mm256_add_ps(acc0[j], acc1[j]);
+        hsum4_avx2(acc0, scores + p);
+    }
+    for (; p < n_pos; p++) scores[p] = dot_f32_avx2(q, keys + (uint64_t)p * stride, hd);
+    for (p = 0; p < n_pos; p++) {
+        scores[p] *= scale;
         max = fmaxf(max, scores[p]);
     }
-    const __m256 vm = _mm256_set1_ps(max);
-    __m256 vsum = _mm256_setzero_ps();
-    for (p = 0; p + 8 <= n_pos; p += 8) {
-        __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(scores + p), vm));
-        _mm256_storeu_ps(scores + p, e);
-        vsum = _mm256_add_ps(vsum, e);
-    }
-    float sum = hsum_avx2(vsum);
-    for (; p < n_pos; p++) {
-        scores[p] = exp_scalar(scores[p] - max);
+    float sum = 0.0f;
+    for (p = 0; p < n_pos; p++) {
+        scores[p] = expf(scores[p] - max);
         sum += scores[p];
     }
-    const __m256 inv = _mm256_set1_ps(1.0f / sum);
+    const __m256 vsum = _mm256_set1_ps(sum);
+    for (p = 0; p + 8 <= n_pos; p += 8) _mm256_storeu_ps(scores + p, _mm256_div_ps(_mm256_loadu_ps(scores + p), vsum));
+    for (; p < n_pos; p++) scores[p] /= sum;
     uint32_t d = 0;
     for (; d + 64 <= hd; d += 64) {
         __m256 acc[8];
-        UNROLL8 for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+        UNROLL for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
         for (p = 0; p < n_pos; p++) {
             const float *v = values + (uint64_t)p * stride + d;
             __m256 w = _mm256_broadcast_ss(scores + p);
-            UNROLL8 for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * j), acc[j]);
+            UNROLL for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * j), acc[j]);
         }
-        UNROLL8 for (int j = 0; j < 8; j++) _mm256_storeu_ps(out + d + 8 * j, _mm256_mul_ps(acc[j], inv));
+        UNROLL for (int j = 0; j < 8; j++) _mm256_storeu_ps(out + d + 8 * j, acc[j]);
     }
-    for (; d < hd; d += 8) {
-        __m256 acc = _mm256_setzero_ps();
-        for (p = 0; p < n_pos; p++) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(scores + p), _mm256_loadu_ps(values + (uint64_t)p * stride + d), acc);
-        _mm256_storeu_ps(out + d, _mm256_mul_ps(acc, inv));
+    for (; d < hd; d += 16) {
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        for (p = 0; p < n_pos; p++) {
+            const float *v = values + (uint64_t)p * stride + d;
+            __m256 w = _mm256_broadcast_ss(scores + p);
+            acc0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v), acc0);
+            acc1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8), acc1);
+        }
+        _mm256_storeu_ps(out + d, acc0);
+        _mm256_storeu_ps(out + d + 8, acc1);
     }
 }
 
@@ -1327,22 +1254,12 @@ AVX2_TARGET static void add_rms_norm_avx2(float *x, const float *add, const floa
     for (; i < n; i++) out[i] = w[i] * (x[i] * r);
 }
 
-AVX2_TARGET static void swiglu_avx2(float *g, const float *u, uint64_t n) {
-    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
-    uint64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_loadu_ps(g + i);
-        __m256 den = _mm256_add_ps(one, exp_avx2(_mm256_xor_ps(x, sign)));
-        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, den), _mm256_loadu_ps(u + i)));
-    }
-    swiglu_scalar(g + i, u + i, n - i);
-}
 #endif
 
 void sov_attention(sov_isa isa, const float *q, const float *keys, const float *values, uint64_t stride, uint32_t hd, int32_t n_pos,
                    float scale, float *scores, float *out) {
 #ifdef SOV_X86
-    if (isa != SOV_ISA_SCALAR && hd % 8 == 0) {
+    if (isa != SOV_ISA_SCALAR && hd % 16 == 0) {
         attention_avx2(q, keys, values, stride, hd, n_pos, scale, scores, out);
         return;
     }
@@ -1360,17 +1277,6 @@ void sov_add_rms_norm(sov_isa isa, float *x, const float *add, const float *w, f
 #endif
     (void)isa;
     add_rms_norm_scalar(x, add, w, out, n, eps);
-}
-
-void sov_swiglu(sov_isa isa, float *g, const float *u, uint64_t n) {
-#ifdef SOV_X86
-    if (isa != SOV_ISA_SCALAR) {
-        swiglu_avx2(g, u, n);
-        return;
-    }
-#endif
-    (void)isa;
-    swiglu_scalar(g, u, n);
 }
 
 /* ---------------------------------------------------------------------------------------
