@@ -62,6 +62,9 @@ void sov_quantize_row_q8k(const float *x, sov_q8k_block *out, uint64_t n);
  * n_pos floats. Every kernel set gives the same bits. */
 void sov_attention(sov_isa isa, const float *q, const float *keys, const float *values, uint64_t stride, uint32_t hd, int32_t n_pos,
                    float scale, float *scores, float *out);
+/* g = g / (1 + expf(-g)) * u (SiLU of the gate times up) over n, with libm's expf; every kernel set
+ * gives the same bits. */
+void sov_swiglu(sov_isa isa, float *g, const float *u, uint64_t n);
 /* x += add (when not NULL), then out = w * x / sqrt(mean(x^2) + eps) over n; every kernel set gives
  * the same bits. */
 void sov_add_rms_norm(sov_isa isa, float *x, const float *add, const float *w, float *out, uint64_t n, float eps);

@@ -481,7 +481,7 @@ static void matmul_worker(void *arg, int ti, int nt) {
         matmul_rows(j, 1, r0, r1);
         for (int64_t t = 0; t < j->n_tok; t++) {
             float *g = j->y[0] + t * rows, *u = j->y[1] + t * rows;
-            for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+            sov_swiglu(j->c->model->isa, g + r0, u + r0, (uint64_t)(r1 - r0));
         }
     }
 }

@@ -1102,10 +1102,10 @@ VNNI_TARGET static void rows_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, con
 #endif
 
 /* ---------------------------------------------------------------------------------------
- * Attention and the RMS norm
+ * Attention, SwiGLU and the RMS norm
  *
- * Both give the bits of the code they replace, which did one dot_f32/axpy_f32 call per position
- * and head, libm's expf per score, and a scalar norm: the forward pass stays bit-identical, and
+ * They give the bits of the code they replace, which did one dot_f32/axpy_f32 call per position
+ * and head, libm's expf per score, a scalar SwiGLU and norm: the forward pass stays bit-identical, and
  * with it the agreement with the references (8-bit activations turn any rounding difference into
  * logit differences of up to a unit or so somewhere in a long run). Every kernel set therefore
  * gives the same bits too, as the matrix kernels do. exp stays libm's: a polynomial of 1-2 ulp
@@ -1130,6 +1130,14 @@ static void attention_scalar(const float *q, const float *keys, const float *val
         const float *v = values + (uint64_t)p * stride, w = scores[p] / sum;
         for (uint32_t d = 0; d < hd; d++) out[d] = fmaf(w, v[d], out[d]);
     }
+}
+
+/* SwiGLU in chunks: libm's expf for a chunk, then the division and product, which the SIMD kernel
+ * takes eight at a time (IEEE division and multiplication round the same in any width). */
+#define SWIGLU_CHUNK 64
+
+static void swiglu_scalar(float *g, const float *u, uint64_t n) {
+    for (uint64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 /* RMS norm as llama.cpp computes it (the sum of squares in double), after adding the residual:
@@ -1233,6 +1241,20 @@ AVX2_TARGET static void attention_avx2(const float *q, const float *keys, const 
     }
 }
 
+AVX2_TARGET static void swiglu_avx2(float *g, const float *u, uint64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    float e[SWIGLU_CHUNK];
+    uint64_t i = 0;
+    for (; i + SWIGLU_CHUNK <= n; i += SWIGLU_CHUNK) {
+        for (int k = 0; k < SWIGLU_CHUNK; k++) e[k] = expf(-g[i + k]);
+        for (int k = 0; k < SWIGLU_CHUNK; k += 8) {
+            __m256 den = _mm256_add_ps(one, _mm256_loadu_ps(e + k));
+            _mm256_storeu_ps(g + i + k, _mm256_mul_ps(_mm256_div_ps(_mm256_loadu_ps(g + i + k), den), _mm256_loadu_ps(u + i + k)));
+        }
+    }
+    swiglu_scalar(g + i, u + i, n - i);
+}
+
 AVX2_TARGET static void add_rms_norm_avx2(float *x, const float *add, const float *w, float *out, uint64_t n, float eps) {
     uint64_t i = 0;
     if (add) {
@@ -1266,6 +1288,17 @@ void sov_attention(sov_isa isa, const float *q, const float *keys, const float *
 #endif
     (void)isa;
     attention_scalar(q, keys, values, stride, hd, n_pos, scale, scores, out);
+}
+
+void sov_swiglu(sov_isa isa, float *g, const float *u, uint64_t n) {
+#ifdef SOV_X86
+    if (isa != SOV_ISA_SCALAR) {
+        swiglu_avx2(g, u, n);
+        return;
+    }
+#endif
+    (void)isa;
+    swiglu_scalar(g, u, n);
 }
 
 void sov_add_rms_norm(sov_isa isa, float *x, const float *add, const float *w, float *out, uint64_t n, float eps) {
