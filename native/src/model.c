@@ -525,9 +525,12 @@ typedef struct attention_job {
     uint32_t il;
     int64_t n_tok;
     const int32_t *seq_ids;
-    atomic_llong next_item; /* items are (token, head) pairs, handed out as the matmul's rows */
+    atomic_llong next_item; /* items are (token, key/value head) pairs, handed out as the matmul's rows */
 } attention_job;
 
+/* An item is every query head of one key/value head for one token: the heads read the same keys
+ * and values, from memory once and then from this core's caches (split between threads, each
+ * thread read them from memory). */
 static void attention_worker(void *arg, int ti, int nt) {
     attention_job *j = arg;
     sov_context *c = j->c;
@@ -536,13 +539,15 @@ static void attention_worker(void *arg, int ti, int nt) {
     uint64_t qd = (uint64_t)in->n_head * hd;
     float scale = 1.0f / sqrtf((float)hd);
     float *scores = c->scores + (uint64_t)ti * c->n_ctx;
-    int64_t n_items = j->n_tok * in->n_head;
+    int64_t n_items = j->n_tok * in->n_head_kv;
     for (int64_t item = atomic_fetch_add(&j->next_item, 1); item < n_items; item = atomic_fetch_add(&j->next_item, 1)) {
-        int64_t t = item / in->n_head;
-        uint32_t h = (uint32_t)(item % in->n_head), hk = h / group;
+        int64_t t = item / in->n_head_kv;
+        uint32_t hk = (uint32_t)(item % in->n_head_kv);
         const seq_cache *s = &c->seqs[j->seq_ids[t]];
-        sov_attention(c->model->isa, c->q + (uint64_t)t * qd + (uint64_t)h * hd, cache_head(c, s, j->il, 0, hk), cache_head(c, s, j->il, 1, hk), hd,
-                      hd, c->pos[t] + 1, scale, scores, c->att + (uint64_t)t * qd + (uint64_t)h * hd);
+        const float *keys = cache_head(c, s, j->il, 0, hk), *values = cache_head(c, s, j->il, 1, hk);
+        for (uint32_t h = hk * group; h < (hk + 1) * group; h++)
+            sov_attention(c->model->isa, c->q + (uint64_t)t * qd + (uint64_t)h * hd, keys, values, hd, hd, c->pos[t] + 1, scale, scores,
+                          c->att + (uint64_t)t * qd + (uint64_t)h * hd);
     }
 }
 

@@ -659,6 +659,21 @@ AVX2_TARGET static inline float hsum_avx2(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* hsum_avx2 of four vectors at once, in its order ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)),
+ * so with the same bits: out[j] is the sum of a[j]. */
+AVX2_TARGET static inline void hsum4_avx2(const __m256 a[4], float *out) {
+    __m256 x01 = _mm256_add_ps(_mm256_permute2f128_ps(a[0], a[1], 0x20), _mm256_permute2f128_ps(a[0], a[1], 0x31));
+    __m256 x23 = _mm256_add_ps(_mm256_permute2f128_ps(a[2], a[3], 0x20), _mm256_permute2f128_ps(a[2], a[3], 0x31));
+    /* per 128-bit half: (l0 + l4) + (l2 + l6) and (l1 + l5) + (l3 + l7) of keys 0, 2 (low) and 1, 3 (high) */
+    __m256 y = _mm256_add_ps(_mm256_shuffle_ps(x01, x23, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(x01, x23, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 z = _mm256_add_ps(_mm256_shuffle_ps(y, y, _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(y, y, _MM_SHUFFLE(3, 1, 3, 1)));
+    out[0] = _mm256_cvtss_f32(z);
+    out[2] = _mm_cvtss_f32(_mm_movehdup_ps(_mm256_castps256_ps128(z)));
+    __m128 hi = _mm256_extractf128_ps(z, 1);
+    out[1] = _mm_cvtss_f32(hi);
+    out[3] = _mm_cvtss_f32(_mm_movehdup_ps(hi));
+}
+
 AVX2_TARGET static float dot_f32_avx2(const void *w, const float *x, uint64_t n) {
     const float *a = w;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -918,16 +933,18 @@ static void tile_scales(const sov_q8_block *x, uint64_t nb, float *out) {
                                        _mm256_loadu_si256((const __m256i *)x[(2 * (P) + 1) * nb + b].q), 1);       \
     __m512 xd##P = _mm512_loadu_ps(sc + b * TILE_SCALES + 16 * (P))
 
+/* One row of the tile: the eight tokens' sums (hsum_avx2 of each half of the accumulators, four at a
+ * time) plus their mins, to rows of y. */
 VNNI_TARGET static inline void tile_store_row(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m256 mins, float *y, int64_t ldy) {
-    float m[TILE_TOKENS];
-    _mm256_storeu_ps(m, mins);
-    __m512 acc[TILE_TOKENS / 2] = {a0, a1, a2, a3};
-    for (int p = 0; p < TILE_TOKENS / 2; p++) {
-        __m256 lo = _mm512_castps512_ps256(acc[p]);
-        __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[p]), 1));
-        y[(2 * p) * ldy] = hsum_avx2(lo) + m[2 * p];
-        y[(2 * p + 1) * ldy] = hsum_avx2(hi) + m[2 * p + 1];
-    }
+    __m256 h[TILE_TOKENS] = {_mm512_castps512_ps256(a0), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a0), 1)),
+                             _mm512_castps512_ps256(a1), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a1), 1)),
+                             _mm512_castps512_ps256(a2), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a2), 1)),
+                             _mm512_castps512_ps256(a3), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a3), 1))};
+    float s[TILE_TOKENS];
+    hsum4_avx2(h, s);
+    hsum4_avx2(h + 4, s + 4);
+    _mm256_storeu_ps(s, _mm256_add_ps(_mm256_loadu_ps(s), mins));
+    for (int t = 0; t < TILE_TOKENS; t++) y[t * ldy] = s[t];
 }
 
 VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, const float *sc, uint64_t nb, float *y,
@@ -977,14 +994,6 @@ VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, con
         acc##R##3 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd3), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xu3, wq)), acc##R##3); \
     } while (0)
 
-VNNI_TARGET static inline void tile_store_row_q8_0(__m512 a0, __m512 a1, __m512 a2, __m512 a3, float *y, int64_t ldy) {
-    __m512 acc[TILE_TOKENS / 2] = {a0, a1, a2, a3};
-    for (int p = 0; p < TILE_TOKENS / 2; p++) {
-        y[(2 * p) * ldy] = hsum_avx2(_mm512_castps512_ps256(acc[p]));
-        y[(2 * p + 1) * ldy] = hsum_avx2(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[p]), 1)));
-    }
-}
-
 VNNI_TARGET static void tile_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, const float *sc, uint64_t nb, float *y,
                                        int64_t ldy) {
     const __m512i zero = _mm512_setzero_si512(), offset = _mm512_set1_epi8((char)0x80);
@@ -1008,10 +1017,12 @@ VNNI_TARGET static void tile_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, con
         TILE_Q8_0_ROW_STEP(2);
         TILE_Q8_0_ROW_STEP(3);
     }
-    tile_store_row_q8_0(acc00, acc01, acc02, acc03, y, ldy);
-    tile_store_row_q8_0(acc10, acc11, acc12, acc13, y + 1, ldy);
-    tile_store_row_q8_0(acc20, acc21, acc22, acc23, y + 2, ldy);
-    tile_store_row_q8_0(acc30, acc31, acc32, acc33, y + 3, ldy);
+    /* no mins: + 0 would turn a sum of -0 into +0, which the one-pair kernel keeps */
+    const __m256 none = _mm256_set1_ps(-0.0f);
+    tile_store_row(acc00, acc01, acc02, acc03, none, y, ldy);
+    tile_store_row(acc10, acc11, acc12, acc13, none, y + 1, ldy);
+    tile_store_row(acc20, acc21, acc22, acc23, none, y + 2, ldy);
+    tile_store_row(acc30, acc31, acc32, acc33, none, y + 3, ldy);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -1167,22 +1178,6 @@ static void add_rms_norm_scalar(float *x, const float *add, const float *w, floa
 /* The attention kernel's arrays of accumulators live in registers only once their loops are
  * unrolled, which -O2 does not do by itself. */
 #define UNROLL _Pragma("GCC unroll 8")
-
-/* Four keys' scores at once, each summed exactly as dot_f32_avx2 sums one: lanes of two
- * accumulators added, then hsum_avx2's order ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)),
- * for the four together: s[j] in lane j of the result's low half... as lanes 0, 4, 1, 5. */
-AVX2_TARGET static inline void hsum4_avx2(const __m256 a[4], float *out) {
-    __m256 x01 = _mm256_add_ps(_mm256_permute2f128_ps(a[0], a[1], 0x20), _mm256_permute2f128_ps(a[0], a[1], 0x31));
-    __m256 x23 = _mm256_add_ps(_mm256_permute2f128_ps(a[2], a[3], 0x20), _mm256_permute2f128_ps(a[2], a[3], 0x31));
-    /* per 128-bit half: (l0 + l4) + (l2 + l6) and (l1 + l5) + (l3 + l7) of keys 0, 2 (low) and 1, 3 (high) */
-    __m256 y = _mm256_add_ps(_mm256_shuffle_ps(x01, x23, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(x01, x23, _MM_SHUFFLE(3, 2, 3, 2)));
-    __m256 z = _mm256_add_ps(_mm256_shuffle_ps(y, y, _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(y, y, _MM_SHUFFLE(3, 1, 3, 1)));
-    out[0] = _mm256_cvtss_f32(z);
-    out[2] = _mm_cvtss_f32(_mm_movehdup_ps(_mm256_castps256_ps128(z)));
-    __m128 hi = _mm256_extractf128_ps(z, 1);
-    out[1] = _mm_cvtss_f32(hi);
-    out[3] = _mm_cvtss_f32(_mm_movehdup_ps(hi));
-}
 
 /* hd a multiple of 16. Four keys at a time, their dot products reduced together; the weighted
  * values 64 (or 16) dimensions at a time, held in registers over all positions. */
