@@ -660,18 +660,14 @@ AVX2_TARGET static inline float hsum_avx2(__m256 v) {
 }
 
 /* hsum_avx2 of four vectors at once, in its order ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)),
- * so with the same bits: out[j] is the sum of a[j]. */
-AVX2_TARGET static inline void hsum4_avx2(const __m256 a[4], float *out) {
+ * so with the same bits: lane j is the sum of a[j]. */
+AVX2_TARGET static inline __m128 hsum4_avx2(const __m256 a[4]) {
     __m256 x01 = _mm256_add_ps(_mm256_permute2f128_ps(a[0], a[1], 0x20), _mm256_permute2f128_ps(a[0], a[1], 0x31));
     __m256 x23 = _mm256_add_ps(_mm256_permute2f128_ps(a[2], a[3], 0x20), _mm256_permute2f128_ps(a[2], a[3], 0x31));
-    /* per 128-bit half: (l0 + l4) + (l2 + l6) and (l1 + l5) + (l3 + l7) of keys 0, 2 (low) and 1, 3 (high) */
+    /* per 128-bit half: (l0 + l4) + (l2 + l6) and (l1 + l5) + (l3 + l7) of a[0], a[2] (low) and a[1], a[3] (high) */
     __m256 y = _mm256_add_ps(_mm256_shuffle_ps(x01, x23, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(x01, x23, _MM_SHUFFLE(3, 2, 3, 2)));
     __m256 z = _mm256_add_ps(_mm256_shuffle_ps(y, y, _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(y, y, _MM_SHUFFLE(3, 1, 3, 1)));
-    out[0] = _mm256_cvtss_f32(z);
-    out[2] = _mm_cvtss_f32(_mm_movehdup_ps(_mm256_castps256_ps128(z)));
-    __m128 hi = _mm256_extractf128_ps(z, 1);
-    out[1] = _mm_cvtss_f32(hi);
-    out[3] = _mm_cvtss_f32(_mm_movehdup_ps(hi));
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));
 }
 
 AVX2_TARGET static float dot_f32_avx2(const void *w, const float *x, uint64_t n) {
@@ -934,17 +930,25 @@ static void tile_scales(const sov_q8_block *x, uint64_t nb, float *out) {
     __m512 xd##P = _mm512_loadu_ps(sc + b * TILE_SCALES + 16 * (P))
 
 /* One row of the tile: the eight tokens' sums (hsum_avx2 of each half of the accumulators, four at a
- * time) plus their mins, to rows of y. */
-VNNI_TARGET static inline void tile_store_row(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m256 mins, float *y, int64_t ldy) {
+ * time) plus their mins, token t in lane t. */
+VNNI_TARGET static inline __m256 tile_row_sums(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m256 mins) {
     __m256 h[TILE_TOKENS] = {_mm512_castps512_ps256(a0), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a0), 1)),
                              _mm512_castps512_ps256(a1), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a1), 1)),
                              _mm512_castps512_ps256(a2), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a2), 1)),
                              _mm512_castps512_ps256(a3), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a3), 1))};
-    float s[TILE_TOKENS];
-    hsum4_avx2(h, s);
-    hsum4_avx2(h + 4, s + 4);
-    _mm256_storeu_ps(s, _mm256_add_ps(_mm256_loadu_ps(s), mins));
-    for (int t = 0; t < TILE_TOKENS; t++) y[t * ldy] = s[t];
+    return _mm256_add_ps(_mm256_set_m128(hsum4_avx2(h + 4), hsum4_avx2(h)), mins);
+}
+
+/* The tile's sums, rows r0..r3 with token t in lane t, to y: transposed so that each token's four
+ * rows go in one store. */
+VNNI_TARGET static inline void tile_store(__m256 r0, __m256 r1, __m256 r2, __m256 r3, float *y, int64_t ldy) {
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 tok[4] = {_mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
+                     _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2))};
+    for (int t = 0; t < 4; t++) {
+        _mm_storeu_ps(y + t * ldy, _mm256_castps256_ps128(tok[t]));
+        _mm_storeu_ps(y + (t + 4) * ldy, _mm256_extractf128_ps(tok[t], 1));
+    }
 }
 
 VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, const float *sc, uint64_t nb, float *y,
@@ -972,10 +976,8 @@ VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, con
         TILE_ROW_STEP(2);
         TILE_ROW_STEP(3);
     }
-    tile_store_row(acc00, acc01, acc02, acc03, mins0, y, ldy);
-    tile_store_row(acc10, acc11, acc12, acc13, mins1, y + 1, ldy);
-    tile_store_row(acc20, acc21, acc22, acc23, mins2, y + 2, ldy);
-    tile_store_row(acc30, acc31, acc32, acc33, mins3, y + 3, ldy);
+    tile_store(tile_row_sums(acc00, acc01, acc02, acc03, mins0), tile_row_sums(acc10, acc11, acc12, acc13, mins1),
+               tile_row_sums(acc20, acc21, acc22, acc23, mins2), tile_row_sums(acc30, acc31, acc32, acc33, mins3), y, ldy);
 }
 
 /* The Q8_0 tile (the output head of batched decode), each (row, token) bit-identical to
@@ -1019,10 +1021,8 @@ VNNI_TARGET static void tile_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, con
     }
     /* no mins: + 0 would turn a sum of -0 into +0, which the one-pair kernel keeps */
     const __m256 none = _mm256_set1_ps(-0.0f);
-    tile_store_row(acc00, acc01, acc02, acc03, none, y, ldy);
-    tile_store_row(acc10, acc11, acc12, acc13, none, y + 1, ldy);
-    tile_store_row(acc20, acc21, acc22, acc23, none, y + 2, ldy);
-    tile_store_row(acc30, acc31, acc32, acc33, none, y + 3, ldy);
+    tile_store(tile_row_sums(acc00, acc01, acc02, acc03, none), tile_row_sums(acc10, acc11, acc12, acc13, none),
+               tile_row_sums(acc20, acc21, acc22, acc23, none), tile_row_sums(acc30, acc31, acc32, acc33, none), y, ldy);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -1202,7 +1202,7 @@ AVX2_TARGET static void attention_avx2(const float *q, const float *keys, const 
             }
         }
         UNROLL for (int j = 0; j < 4; j++) acc0[j] = _mm256_add_ps(acc0[j], acc1[j]);
-        hsum4_avx2(acc0, scores + p);
+        _mm_storeu_ps(scores + p, hsum4_avx2(acc0));
     }
     for (; p < n_pos; p++) scores[p] = dot_f32_avx2(q, keys + (uint64_t)p * stride, hd);
     for (p = 0; p < n_pos; p++) {
