@@ -442,8 +442,11 @@ static sov_status cache_reserve(sov_context *c, seq_cache *s, uint32_t need) {
 /* Work is handed out through an atomic counter in items of rows, about MATMUL_ITEMS_PER_THREAD per
  * thread and weight, each a multiple of 16 rows (of the kernels' row blocks, and of 16 floats, so
  * that threads do not share cache lines of y): a thread that another process delays holds up only
- * the item it is on, not a fixed share of the rows. */
+ * the item it is on, not a fixed share of the rows. Chunks of MATMUL_MANY_TOKENS tokens or more
+ * (prefill) take half as many items: every item reads all the tokens' activations, and their
+ * products are long enough that four items per thread still balance (prefill CPU time -2.5%). */
 #define MATMUL_ITEMS_PER_THREAD 8
+#define MATMUL_MANY_TOKENS 64
 
 typedef struct matmul_job {
     const sov_context *c;
@@ -509,7 +512,7 @@ static void matmul(sov_context *c, int n, const weight *const *w, float *const *
     }
     /* with swiglu, gate and up have the same rows and their items are gate's */
     j.n = swiglu ? 1 : n;
-    int64_t per = (int64_t)sov_pool_size(c->model->pool) * MATMUL_ITEMS_PER_THREAD;
+    int64_t per = (int64_t)sov_pool_size(c->model->pool) * (n_tok >= MATMUL_MANY_TOKENS ? MATMUL_ITEMS_PER_THREAD / 2 : MATMUL_ITEMS_PER_THREAD);
     j.first_item[0] = 0;
     for (int i = 0; i < j.n; i++) {
         int64_t rows = (int64_t)w[i]->rows;
