@@ -1134,7 +1134,7 @@ static void attention_scalar(const float *q, const float *keys, const float *val
     float max = -INFINITY;
     for (int32_t p = 0; p < n_pos; p++) {
         scores[p] = dot_f32_scalar(q, keys + (uint64_t)p * stride, hd) * scale;
-        max = fmaxf(max, scores[p]);
+        if (scores[p] > max) max = scores[p];
     }
     float sum = 0.0f;
     for (int32_t p = 0; p < n_pos; p++) {
@@ -1205,9 +1205,21 @@ AVX2_TARGET static void attention_avx2(const float *q, const float *keys, const 
         _mm_storeu_ps(scores + p, hsum4_avx2(acc0));
     }
     for (; p < n_pos; p++) scores[p] = dot_f32_avx2(q, keys + (uint64_t)p * stride, hd);
-    for (p = 0; p < n_pos; p++) {
+    /* max_ps(s, m) is s > m ? s : m, the scalar kernel's comparison (libm's fmaxf is a call) */
+    const __m256 vscale = _mm256_set1_ps(scale);
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    for (p = 0; p + 8 <= n_pos; p += 8) {
+        __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(scores + p), vscale);
+        _mm256_storeu_ps(scores + p, sc);
+        vmax = _mm256_max_ps(sc, vmax);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmax);
+    for (int j = 0; j < 8; j++)
+        if (lanes[j] > max) max = lanes[j];
+    for (; p < n_pos; p++) {
         scores[p] *= scale;
-        max = fmaxf(max, scores[p]);
+        if (scores[p] > max) max = scores[p];
     }
     float sum = 0.0f;
     for (p = 0; p < n_pos; p++) {
