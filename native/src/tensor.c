@@ -1187,7 +1187,7 @@ static void add_rms_norm_scalar(float *x, const float *add, const float *w, floa
 /* hd a multiple of 16. Four keys at a time, each score summed exactly as dot_f32_avx2 sums one
  * (two accumulators, then hsum_avx2's order, four keys reduced together); the exponentials and
  * their sum in order; the weighted values 64 (or 16) dimensions at a time, held in registers over
- * all positions, with the multiply-adds of axpy_f32_avx2. */
+ * all positions, one multiply-add per element and position as the old axpy did. */
 AVX2_TARGET static void attention_avx2(const float *q, const float *keys, const float *values, uint64_t stride, uint32_t hd, int32_t n_pos,
                                        float scale, float *scores, float *out) {
     float max = -INFINITY;
