@@ -57,9 +57,17 @@ void sov_matmul_rows(sov_isa isa, uint32_t wtype, const void *w, uint64_t cols, 
 void sov_quantize_row_q8(sov_isa isa, const float *x, sov_q8_block *out, uint64_t n);
 /* n a multiple of 256. */
 void sov_quantize_row_q8k(const float *x, sov_q8k_block *out, uint64_t n);
-/* Float vector helpers for attention: dot(a, b) and y += alpha * x. */
-float sov_dot_f32(sov_isa isa, const float *a, const float *b, uint64_t n);
-void sov_axpy_f32(sov_isa isa, float alpha, const float *x, float *y, uint64_t n);
+/* One query row's attention over n_pos cached positions: out = softmax(scale * K q) V, where key p
+ * is keys + p * stride and value p values + p * stride (hd floats each); scores is scratch of
+ * n_pos floats. Every kernel set gives the same bits. */
+void sov_attention(sov_isa isa, const float *q, const float *keys, const float *values, uint64_t stride, uint32_t hd, int32_t n_pos,
+                   float scale, float *scores, float *out);
+/* g = g / (1 + expf(-g)) * u (SiLU of the gate times up) over n, with libm's expf; every kernel set
+ * gives the same bits. */
+void sov_swiglu(sov_isa isa, float *g, const float *u, uint64_t n);
+/* x += add (when not NULL), then out = w * x / sqrt(mean(x^2) + eps) over n; every kernel set gives
+ * the same bits. */
+void sov_add_rms_norm(sov_isa isa, float *x, const float *add, const float *w, float *out, uint64_t n, float eps);
 /* Whether a weight type is multiplied against sov_q8_block (sov_q8k_block) activations. */
 bool sov_type_uses_q8(uint32_t type);
 bool sov_type_uses_q8k(uint32_t type);

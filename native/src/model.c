@@ -43,7 +43,9 @@ struct sov_model {
 
 typedef struct seq_cache {
     uint32_t len, cap;
-    float *kv;              /* [n_layer][2][cap][kv_dim]: keys, then values, per layer */
+    /* [n_layer][2][n_head_kv][cap][head_dim]: keys, then values, per layer, head by head, so that
+     * attention reads one head's positions as one contiguous stream */
+    float *kv;
 } seq_cache;
 
 struct sov_context {
@@ -408,12 +410,11 @@ int32_t sov_context_seq_length(const sov_context *c, int32_t seq) {
     return (int32_t)c->seqs[seq].len;
 }
 
-static float *cache_k(const sov_context *c, const seq_cache *s, uint32_t il) {
-    return s->kv + (uint64_t)il * 2 * s->cap * kv_dim(c->model);
-}
-
-static float *cache_v(const sov_context *c, const seq_cache *s, uint32_t il) {
-    return cache_k(c, s, il) + (uint64_t)s->cap * kv_dim(c->model);
+/* The cached keys (which 0) or values (which 1) of layer il and key/value head hk, cap positions of
+ * head_dim floats. */
+static float *cache_head(const sov_context *c, const seq_cache *s, uint32_t il, uint32_t which, uint32_t hk) {
+    const sov_model_info *in = &c->model->info;
+    return s->kv + (((uint64_t)il * 2 + which) * in->n_head_kv + hk) * s->cap * in->head_dim;
 }
 
 /* Grows a sequence's cache to hold `need` tokens (at least doubling, at most n_ctx). */
@@ -422,13 +423,12 @@ static sov_status cache_reserve(sov_context *c, seq_cache *s, uint32_t need) {
     uint32_t cap = s->cap ? s->cap : 64;
     while (cap < need) cap = cap > c->n_ctx / 2 ? c->n_ctx : cap * 2;
     if (cap > c->n_ctx) cap = c->n_ctx;
-    uint64_t kvd = kv_dim(c->model), n_layer = c->model->info.n_layer;
-    float *kv = malloc(n_layer * 2 * cap * kvd * sizeof(float));
+    const sov_model_info *in = &c->model->info;
+    uint64_t hd = in->head_dim, n_blocks = (uint64_t)in->n_layer * 2 * in->n_head_kv;
+    float *kv = malloc(n_blocks * cap * hd * sizeof(float));
     if (!kv) return sov_fail(SOV_ERR_NOMEM, "KV cache of %u tokens", cap);
-    for (uint64_t il = 0; il < n_layer && s->len > 0; il++) {
-        memcpy(kv + il * 2 * cap * kvd, cache_k(c, s, (uint32_t)il), (uint64_t)s->len * kvd * sizeof(float));
-        memcpy(kv + (il * 2 + 1) * cap * kvd, cache_v(c, s, (uint32_t)il), (uint64_t)s->len * kvd * sizeof(float));
-    }
+    /* the (layer, keys or values, head) blocks keep their order; each grows from s->cap to cap positions */
+    for (uint64_t b = 0; b < n_blocks && s->len > 0; b++) memcpy(kv + b * cap * hd, s->kv + b * s->cap * hd, (uint64_t)s->len * hd * sizeof(float));
     free(s->kv);
     s->kv = kv;
     s->cap = cap;
@@ -442,8 +442,11 @@ static sov_status cache_reserve(sov_context *c, seq_cache *s, uint32_t need) {
 /* Work is handed out through an atomic counter in items of rows, about MATMUL_ITEMS_PER_THREAD per
  * thread and weight, each a multiple of 16 rows (of the kernels' row blocks, and of 16 floats, so
  * that threads do not share cache lines of y): a thread that another process delays holds up only
- * the item it is on, not a fixed share of the rows. */
+ * the item it is on, not a fixed share of the rows. Chunks of MATMUL_MANY_TOKENS tokens or more
+ * (prefill) take half as many items: every item reads all the tokens' activations, and their
+ * products are long enough that four items per thread still balance (prefill CPU time -2.5%). */
 #define MATMUL_ITEMS_PER_THREAD 8
+#define MATMUL_MANY_TOKENS 64
 
 typedef struct matmul_job {
     const sov_context *c;
@@ -481,7 +484,7 @@ static void matmul_worker(void *arg, int ti, int nt) {
         matmul_rows(j, 1, r0, r1);
         for (int64_t t = 0; t < j->n_tok; t++) {
             float *g = j->y[0] + t * rows, *u = j->y[1] + t * rows;
-            for (int64_t r = r0; r < r1; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+            sov_swiglu(j->c->model->isa, g + r0, u + r0, (uint64_t)(r1 - r0));
         }
     }
 }
@@ -509,7 +512,7 @@ static void matmul(sov_context *c, int n, const weight *const *w, float *const *
     }
     /* with swiglu, gate and up have the same rows and their items are gate's */
     j.n = swiglu ? 1 : n;
-    int64_t per = (int64_t)sov_pool_size(c->model->pool) * MATMUL_ITEMS_PER_THREAD;
+    int64_t per = (int64_t)sov_pool_size(c->model->pool) * (n_tok >= MATMUL_MANY_TOKENS ? MATMUL_ITEMS_PER_THREAD / 2 : MATMUL_ITEMS_PER_THREAD);
     j.first_item[0] = 0;
     for (int i = 0; i < j.n; i++) {
         int64_t rows = (int64_t)w[i]->rows;
@@ -525,52 +528,35 @@ typedef struct attention_job {
     uint32_t il;
     int64_t n_tok;
     const int32_t *seq_ids;
-    atomic_llong next_item; /* items are (token, head) pairs, handed out as the matmul's rows */
+    atomic_llong next_item; /* items are (token, key/value head) pairs, handed out as the matmul's rows */
 } attention_job;
 
+/* An item is every query head of one key/value head for one token: the heads read the same keys
+ * and values, from memory once and then from this core's caches (split between threads, each
+ * thread read them from memory). */
 static void attention_worker(void *arg, int ti, int nt) {
     attention_job *j = arg;
     sov_context *c = j->c;
     const sov_model_info *in = &c->model->info;
     uint32_t hd = in->head_dim, group = in->n_head / in->n_head_kv;
-    uint64_t qd = (uint64_t)in->n_head * hd, kvd = kv_dim(c->model);
+    uint64_t qd = (uint64_t)in->n_head * hd;
     float scale = 1.0f / sqrtf((float)hd);
     float *scores = c->scores + (uint64_t)ti * c->n_ctx;
-    int64_t n_items = j->n_tok * in->n_head;
+    int64_t n_items = j->n_tok * in->n_head_kv;
     for (int64_t item = atomic_fetch_add(&j->next_item, 1); item < n_items; item = atomic_fetch_add(&j->next_item, 1)) {
-        int64_t t = item / in->n_head;
-        uint32_t h = (uint32_t)(item % in->n_head), hk = h / group;
+        int64_t t = item / in->n_head_kv;
+        uint32_t hk = (uint32_t)(item % in->n_head_kv);
         const seq_cache *s = &c->seqs[j->seq_ids[t]];
-        const float *keys = cache_k(c, s, j->il), *values = cache_v(c, s, j->il);
-        const float *q = c->q + (uint64_t)t * qd + (uint64_t)h * hd;
-        int32_t n_pos = c->pos[t] + 1;
-        float max = -INFINITY;
-        for (int32_t p = 0; p < n_pos; p++) {
-            scores[p] = sov_dot_f32(c->model->isa, q, keys + (uint64_t)p * kvd + (uint64_t)hk * hd, hd) * scale;
-            if (scores[p] > max) max = scores[p];
-        }
-        float sum = 0.0f;
-        for (int32_t p = 0; p < n_pos; p++) {
-            scores[p] = expf(scores[p] - max);
-            sum += scores[p];
-        }
-        float *out = c->att + (uint64_t)t * qd + (uint64_t)h * hd;
-        memset(out, 0, hd * sizeof(float));
-        for (int32_t p = 0; p < n_pos; p++)
-            sov_axpy_f32(c->model->isa, scores[p] / sum, values + (uint64_t)p * kvd + (uint64_t)hk * hd, out, hd);
+        const float *keys = cache_head(c, s, j->il, 0, hk), *values = cache_head(c, s, j->il, 1, hk);
+        for (uint32_t h = hk * group; h < (hk + 1) * group; h++)
+            sov_attention(c->model->isa, c->q + (uint64_t)t * qd + (uint64_t)h * hd, keys, values, hd, hd, c->pos[t] + 1, scale, scores,
+                          c->att + (uint64_t)t * qd + (uint64_t)h * hd);
     }
 }
 
 /* ---------------------------------------------------------------------------------------
  * The forward pass
  * ------------------------------------------------------------------------------------- */
-
-static void rms_norm(const float *x, const float *w, float *out, uint64_t n, float eps) {
-    double ss = 0.0;
-    for (uint64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float r = (float)(1.0 / sqrt(ss / (double)n + eps));
-    for (uint64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * r);
-}
 
 static void rope(const sov_model *m, float *vec, uint32_t n_heads, const float *cs, const float *sn) {
     uint32_t hd = m->info.head_dim, half = m->info.n_rot / 2;
@@ -598,12 +584,9 @@ static void norm_worker(void *arg, int ti, int nt) {
     const sov_model_info *in = &c->model->info;
     uint64_t e = in->n_embd;
     int64_t per = (j->n_tok + nt - 1) / nt, t0 = per * ti, t1 = t0 + per < j->n_tok ? t0 + per : j->n_tok;
-    for (int64_t t = t0; t < t1; t++) {
-        float *x = c->x + (uint64_t)t * e;
-        if (j->add)
-            for (uint64_t i = 0; i < e; i++) x[i] += j->add[(uint64_t)t * e + i];
-        rms_norm(x, j->w, c->xn + (uint64_t)t * e, e, in->rms_norm_eps);
-    }
+    for (int64_t t = t0; t < t1; t++)
+        sov_add_rms_norm(c->model->isa, c->x + (uint64_t)t * e, j->add ? j->add + (uint64_t)t * e : NULL, j->w, c->xn + (uint64_t)t * e, e,
+                         in->rms_norm_eps);
 }
 
 /* c->x += add (when given), then c->xn = rms_norm(c->x) * w; threaded when the chunk is long
@@ -648,8 +631,11 @@ static void forward_chunk(sov_context *c, const int32_t *tokens, const int32_t *
             rope(m, c->q + (uint64_t)t * qd, in->n_head, cs, sn);
             rope(m, c->k + (uint64_t)t * kvd, in->n_head_kv, cs, sn);
             seq_cache *s = &c->seqs[seq_ids[t]];
-            memcpy(cache_k(c, s, il) + (uint64_t)c->pos[t] * kvd, c->k + (uint64_t)t * kvd, kvd * sizeof(float));
-            memcpy(cache_v(c, s, il) + (uint64_t)c->pos[t] * kvd, c->v + (uint64_t)t * kvd, kvd * sizeof(float));
+            for (uint32_t hk = 0; hk < in->n_head_kv; hk++) {
+                uint64_t at = (uint64_t)c->pos[t] * in->head_dim, from = (uint64_t)t * kvd + (uint64_t)hk * in->head_dim;
+                memcpy(cache_head(c, s, il, 0, hk) + at, c->k + from, in->head_dim * sizeof(float));
+                memcpy(cache_head(c, s, il, 1, hk) + at, c->v + from, in->head_dim * sizeof(float));
+            }
         }
         attention_job aj = {.c = c, .il = il, .n_tok = n, .seq_ids = seq_ids};
         atomic_init(&aj.next_item, 0);

@@ -659,6 +659,17 @@ AVX2_TARGET static inline float hsum_avx2(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* hsum_avx2 of four vectors at once, in its order ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)),
+ * so with the same bits: lane j is the sum of a[j]. */
+AVX2_TARGET static inline __m128 hsum4_avx2(const __m256 a[4]) {
+    __m256 x01 = _mm256_add_ps(_mm256_permute2f128_ps(a[0], a[1], 0x20), _mm256_permute2f128_ps(a[0], a[1], 0x31));
+    __m256 x23 = _mm256_add_ps(_mm256_permute2f128_ps(a[2], a[3], 0x20), _mm256_permute2f128_ps(a[2], a[3], 0x31));
+    /* per 128-bit half: (l0 + l4) + (l2 + l6) and (l1 + l5) + (l3 + l7) of a[0], a[2] (low) and a[1], a[3] (high) */
+    __m256 y = _mm256_add_ps(_mm256_shuffle_ps(x01, x23, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(x01, x23, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 z = _mm256_add_ps(_mm256_shuffle_ps(y, y, _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(y, y, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));
+}
+
 AVX2_TARGET static float dot_f32_avx2(const void *w, const float *x, uint64_t n) {
     const float *a = w;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -872,7 +883,7 @@ DEFINE_K_DOTS(avx2, AVX2_TARGET, k_scaled_avx2)
 DEFINE_K_DOTS(vnni, VNNI_TARGET, k_scaled_vnni)
 
 /* ---------------------------------------------------------------------------------------
- * Register-blocked Q4_1 x Q8 tile for batched products (prefill, batched decode), AVX-512 VNNI
+ * Register-blocked Q4_1 and Q8_0 x Q8 tiles for batched products (prefill, batched decode), AVX-512 VNNI
  *
  * A tile is TILE_ROWS weight rows x TILE_TOKENS tokens. Every zmm accumulator holds two tokens'
  * 8-lane partial sums for one row, and each half is computed with exactly the operations of
@@ -883,6 +894,21 @@ DEFINE_K_DOTS(vnni, VNNI_TARGET, k_scaled_vnni)
 
 #define TILE_ROWS 4
 #define TILE_TOKENS 8
+
+/* The activation scales of a tile's tokens, laid out once per tile of tokens for the kernels' loads
+ * (gathering them per block and row range cost a fifth of the kernel): per block, the scales of
+ * tokens 2P and 2P + 1 in lanes 0-7 and 8-15 of vector P (P < 4), then the eight tokens' d * sum(q). */
+#define TILE_SCALES (TILE_TOKENS / 2 * 16 + TILE_TOKENS)
+
+static void tile_scales(const sov_q8_block *x, uint64_t nb, float *out) {
+    for (uint64_t b = 0; b < nb; b++) {
+        float *o = out + b * TILE_SCALES;
+        for (int t = 0; t < TILE_TOKENS; t++) {
+            for (int l = 0; l < 8; l++) o[16 * (t / 2) + 8 * (t % 2) + l] = x[(uint64_t)t * nb + b].d;
+            o[TILE_TOKENS / 2 * 16 + t] = x[(uint64_t)t * nb + b].s;
+        }
+    }
+}
 
 /* One row of the tile: its four two-token accumulators and its eight tokens' mins. */
 #define TILE_ROW_STEP(R)                                                                                              \
@@ -901,32 +927,46 @@ DEFINE_K_DOTS(vnni, VNNI_TARGET, k_scaled_vnni)
 #define TILE_PAIR_LOAD(P)                                                                                             \
     __m512i xq##P = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)x[(2 * (P)) * nb + b].q)), \
                                        _mm256_loadu_si256((const __m256i *)x[(2 * (P) + 1) * nb + b].q), 1);       \
-    __m512 xd##P = _mm512_permutexvar_ps(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * (P))),        \
-                                                            _mm256_set1_epi32(2 * (P) + 1), 1),                       \
-                                         _mm512_castps256_ps512(d8))
+    __m512 xd##P = _mm512_loadu_ps(sc + b * TILE_SCALES + 16 * (P))
 
-VNNI_TARGET static inline void tile_store_row(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m256 mins, float *y, int64_t ldy) {
-    float m[TILE_TOKENS];
-    _mm256_storeu_ps(m, mins);
-    __m512 acc[TILE_TOKENS / 2] = {a0, a1, a2, a3};
-    for (int p = 0; p < TILE_TOKENS / 2; p++) {
-        __m256 lo = _mm512_castps512_ps256(acc[p]);
-        __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[p]), 1));
-        y[(2 * p) * ldy] = hsum_avx2(lo) + m[2 * p];
-        y[(2 * p + 1) * ldy] = hsum_avx2(hi) + m[2 * p + 1];
+/* One row of the tile: the eight tokens' sums (hsum_avx2 of each half of the accumulators, four at a
+ * time) plus their mins, token t in lane t. */
+VNNI_TARGET static inline __m256 tile_row_sums(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m256 mins) {
+    __m256 h[TILE_TOKENS] = {_mm512_castps512_ps256(a0), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a0), 1)),
+                             _mm512_castps512_ps256(a1), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a1), 1)),
+                             _mm512_castps512_ps256(a2), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a2), 1)),
+                             _mm512_castps512_ps256(a3), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a3), 1))};
+    return _mm256_add_ps(_mm256_set_m128(hsum4_avx2(h + 4), hsum4_avx2(h)), mins);
+}
+
+/* The tile's sums, rows r0..r3 with token t in lane t, to y: transposed so that each token's four
+ * rows go in one store. */
+VNNI_TARGET static inline void tile_store(__m256 r0, __m256 r1, __m256 r2, __m256 r3, float *y, int64_t ldy) {
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 tok[4] = {_mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
+                     _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2))};
+    for (int t = 0; t < 4; t++) {
+        _mm_storeu_ps(y + t * ldy, _mm256_castps256_ps128(tok[t]));
+        _mm_storeu_ps(y + (t + 4) * ldy, _mm256_extractf128_ps(tok[t], 1));
     }
 }
 
-VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, uint64_t nb, float *y, int64_t ldy) {
+VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, const float *sc, uint64_t nb, float *y,
+                                       int64_t ldy) {
     const __m512i zero = _mm512_setzero_si512();
     __m512 acc00 = _mm512_setzero_ps(), acc01 = acc00, acc02 = acc00, acc03 = acc00, acc10 = acc00, acc11 = acc00, acc12 = acc00,
            acc13 = acc00, acc20 = acc00, acc21 = acc00, acc22 = acc00, acc23 = acc00, acc30 = acc00, acc31 = acc00, acc32 = acc00,
            acc33 = acc00;
     __m256 mins0 = _mm256_setzero_ps(), mins1 = mins0, mins2 = mins0, mins3 = mins0;
-    /* byte offsets of the tile's tokens from token 0, for gathering their per-block scales */
-    const __m256i tok_off = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)(nb * sizeof(sov_q8_block))));
+    /* the next tile's rows, a share per block, as the row kernels do: with few tokens (batched
+     * decode) the weights come from memory once, and the loads would otherwise wait on it */
+    const uint8_t *next = w + TILE_ROWS * row_bytes;
+    uint64_t ahead = (TILE_ROWS * row_bytes + nb - 1) / nb;
     for (uint64_t b = 0; b < nb; b++) {
-        __m256 d8 = _mm256_i32gather_ps(&x[b].d, tok_off, 1), s8 = _mm256_i32gather_ps(&x[b].s, tok_off, 1);
+        _mm_prefetch((const char *)next + b * ahead, _MM_HINT_T0);
+        _mm_prefetch((const char *)next + b * ahead + 64, _MM_HINT_T0);
+        if (ahead > 128) _mm_prefetch((const char *)next + b * ahead + 128, _MM_HINT_T0);
+        __m256 s8 = _mm256_loadu_ps(sc + b * TILE_SCALES + TILE_TOKENS / 2 * 16);
         TILE_PAIR_LOAD(0);
         TILE_PAIR_LOAD(1);
         TILE_PAIR_LOAD(2);
@@ -936,10 +976,53 @@ VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, con
         TILE_ROW_STEP(2);
         TILE_ROW_STEP(3);
     }
-    tile_store_row(acc00, acc01, acc02, acc03, mins0, y, ldy);
-    tile_store_row(acc10, acc11, acc12, acc13, mins1, y + 1, ldy);
-    tile_store_row(acc20, acc21, acc22, acc23, mins2, y + 2, ldy);
-    tile_store_row(acc30, acc31, acc32, acc33, mins3, y + 3, ldy);
+    tile_store(tile_row_sums(acc00, acc01, acc02, acc03, mins0), tile_row_sums(acc10, acc11, acc12, acc13, mins1),
+               tile_row_sums(acc20, acc21, acc22, acc23, mins2), tile_row_sums(acc30, acc31, acc32, acc33, mins3), y, ldy);
+}
+
+/* The Q8_0 tile (the output head of batched decode), each (row, token) bit-identical to
+ * dot_q8_0_vnni. The one-pair kernel moves the weight's sign onto the activations; with two tokens
+ * per vector the activations are offset instead, to x + 128, which is unsigned: the lanes of
+ * (x + 128) * w less 128 * w are the same integers, and the correction starts the accumulation. */
+#define TILE_Q8_0_ROW_STEP(R)                                                                                         \
+    do {                                                                                                              \
+        const block_q8_0 *a = (const block_q8_0 *)(w + (uint64_t)(R) * row_bytes) + b;                              \
+        __m512i wq = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)a->qs));                              \
+        __m512i corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wq));                                 \
+        __m512 dw = _mm512_set1_ps(_cvtsh_ss(a->d));                                                                  \
+        acc##R##0 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd0), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xu0, wq)), acc##R##0); \
+        acc##R##1 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd1), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xu1, wq)), acc##R##1); \
+        acc##R##2 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd2), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xu2, wq)), acc##R##2); \
+        acc##R##3 = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd3), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xu3, wq)), acc##R##3); \
+    } while (0)
+
+VNNI_TARGET static void tile_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, const float *sc, uint64_t nb, float *y,
+                                       int64_t ldy) {
+    const __m512i zero = _mm512_setzero_si512(), offset = _mm512_set1_epi8((char)0x80);
+    __m512 acc00 = _mm512_setzero_ps(), acc01 = acc00, acc02 = acc00, acc03 = acc00, acc10 = acc00, acc11 = acc00, acc12 = acc00,
+           acc13 = acc00, acc20 = acc00, acc21 = acc00, acc22 = acc00, acc23 = acc00, acc30 = acc00, acc31 = acc00, acc32 = acc00,
+           acc33 = acc00;
+    const uint8_t *next = w + TILE_ROWS * row_bytes;
+    uint64_t ahead = (TILE_ROWS * row_bytes + nb - 1) / nb;
+    for (uint64_t b = 0; b < nb; b++) {
+        _mm_prefetch((const char *)next + b * ahead, _MM_HINT_T0);
+        _mm_prefetch((const char *)next + b * ahead + 64, _MM_HINT_T0);
+        if (ahead > 128) _mm_prefetch((const char *)next + b * ahead + 128, _MM_HINT_T0);
+        TILE_PAIR_LOAD(0);
+        TILE_PAIR_LOAD(1);
+        TILE_PAIR_LOAD(2);
+        TILE_PAIR_LOAD(3);
+        __m512i xu0 = _mm512_xor_si512(xq0, offset), xu1 = _mm512_xor_si512(xq1, offset), xu2 = _mm512_xor_si512(xq2, offset),
+                xu3 = _mm512_xor_si512(xq3, offset);
+        TILE_Q8_0_ROW_STEP(0);
+        TILE_Q8_0_ROW_STEP(1);
+        TILE_Q8_0_ROW_STEP(2);
+        TILE_Q8_0_ROW_STEP(3);
+    }
+    /* no mins: + 0 would turn a sum of -0 into +0, which the one-pair kernel keeps */
+    const __m256 none = _mm256_set1_ps(-0.0f);
+    tile_store(tile_row_sums(acc00, acc01, acc02, acc03, none), tile_row_sums(acc10, acc11, acc12, acc13, none),
+               tile_row_sums(acc20, acc21, acc22, acc23, none), tile_row_sums(acc30, acc31, acc32, acc33, none), y, ldy);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -956,6 +1039,7 @@ VNNI_TARGET static void tile_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, con
  * ------------------------------------------------------------------------------------- */
 
 #define ROW_BLOCK 4
+#define PREFETCH_CALLS 3
 
 /* 32 nibbles of a block as bytes 0..15 in element order, without a lane insert. */
 VNNI_TARGET static inline __m256i rows_unpack_nibbles(const uint8_t *qs) {
@@ -978,8 +1062,10 @@ VNNI_TARGET static inline __m128 rows_scales(const void *p) { return _mm_cvtph_p
 VNNI_TARGET static void rows_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, uint64_t nb, float *y) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     __m128 mins0 = _mm_setzero_ps(), mins1 = mins0, mins2 = mins0, mins3 = mins0;  /* lane 1 */
-    /* the next four rows, a share per block, so that they are in cache when the next call starts */
-    const uint8_t *next = w + ROW_BLOCK * row_bytes;
+    /* the four rows three calls on, a share per block, so that they are in cache when that call
+     * starts: one call's work is shorter than the wait for memory (the next call's rows took a
+     * quarter more time per decoded token on one thread) */
+    const uint8_t *next = w + PREFETCH_CALLS * ROW_BLOCK * row_bytes;
     uint64_t ahead = (ROW_BLOCK * row_bytes + nb - 1) / nb;
     for (uint64_t b = 0; b < nb; b++) {
         _mm_prefetch((const char *)next + b * ahead, _MM_HINT_T0);
@@ -1008,8 +1094,10 @@ VNNI_TARGET static void rows_q4_1_vnni(const uint8_t *w, uint64_t row_bytes, con
 
 VNNI_TARGET static void rows_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, const sov_q8_block *x, uint64_t nb, float *y) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-    /* the next four rows, a share per block, so that they are in cache when the next call starts */
-    const uint8_t *next = w + ROW_BLOCK * row_bytes;
+    /* the four rows three calls on, a share per block, so that they are in cache when that call
+     * starts: one call's work is shorter than the wait for memory (the next call's rows took a
+     * quarter more time per decoded token on one thread) */
+    const uint8_t *next = w + PREFETCH_CALLS * ROW_BLOCK * row_bytes;
     uint64_t ahead = (ROW_BLOCK * row_bytes + nb - 1) / nb;
     for (uint64_t b = 0; b < nb; b++) {
         _mm_prefetch((const char *)next + b * ahead, _MM_HINT_T0);
@@ -1030,35 +1118,212 @@ VNNI_TARGET static void rows_q8_0_vnni(const uint8_t *w, uint64_t row_bytes, con
 #endif
 
 /* ---------------------------------------------------------------------------------------
- * Float vector helpers
+ * Attention, SwiGLU and the RMS norm
+ *
+ * They give the bits of the code they replace, which did one dot_f32/axpy_f32 call per position
+ * and head, libm's expf per score, a scalar SwiGLU and norm: the forward pass stays bit-identical, and
+ * with it the agreement with the references (8-bit activations turn any rounding difference into
+ * logit differences of up to a unit or so somewhere in a long run). Every kernel set therefore
+ * gives the same bits too, as the matrix kernels do. exp stays libm's: a polynomial of 1-2 ulp
+ * changed the logits by up to 1.2 and took the largest difference to llama.cpp past the
+ * agreement test's bound.
  * ------------------------------------------------------------------------------------- */
 
-#ifdef SOV_X86
-AVX2_TARGET static void axpy_f32_avx2(float alpha, const float *x, float *y, uint64_t n) {
-    __m256 a = _mm256_set1_ps(alpha);
+static void attention_scalar(const float *q, const float *keys, const float *values, uint64_t stride, uint32_t hd, int32_t n_pos,
+                             float scale, float *scores, float *out) {
+    float max = -INFINITY;
+    for (int32_t p = 0; p < n_pos; p++) {
+        scores[p] = dot_f32_scalar(q, keys + (uint64_t)p * stride, hd) * scale;
+        if (scores[p] > max) max = scores[p];
+    }
+    float sum = 0.0f;
+    for (int32_t p = 0; p < n_pos; p++) {
+        scores[p] = expf(scores[p] - max);
+        sum += scores[p];
+    }
+    memset(out, 0, hd * sizeof(float));
+    for (int32_t p = 0; p < n_pos; p++) {
+        const float *v = values + (uint64_t)p * stride, w = scores[p] / sum;
+        for (uint32_t d = 0; d < hd; d++) out[d] = fmaf(w, v[d], out[d]);
+    }
+}
+
+/* SwiGLU in chunks: libm's expf for a chunk, then the division and product, which the SIMD kernel
+ * takes eight at a time (IEEE division and multiplication round the same in any width). */
+#define SWIGLU_CHUNK 64
+
+static void swiglu_scalar(float *g, const float *u, uint64_t n) {
+    for (uint64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* RMS norm as llama.cpp computes it (the sum of squares in double), after adding the residual:
+ * x += add (when not NULL), out = w * (x * r) with r = 1 / sqrt(mean(x^2) + eps). The squares are
+ * summed in eight lanes (element i in lane i % 8, as two vectors of four doubles) reduced as
+ * ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), then the elements past the last eight. That
+ * order differs from the old sequential sum by double rounding only, which changes the float r
+ * with a probability of about 1e-9 per row. */
+static double sum_squares_tail(const float *x, uint64_t i, uint64_t n, double ss) {
+    for (; i < n; i++) ss += (double)x[i] * x[i];
+    return ss;
+}
+
+static void add_rms_norm_scalar(float *x, const float *add, const float *w, float *out, uint64_t n, float eps) {
+    if (add)
+        for (uint64_t i = 0; i < n; i++) x[i] += add[i];
+    double l[8] = {0};
     uint64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += alpha * x[i];
-}
-#endif
-
-float sov_dot_f32(sov_isa isa, const float *a, const float *b, uint64_t n) {
-#ifdef SOV_X86
-    if (isa != SOV_ISA_SCALAR) return dot_f32_avx2(a, b, n);
-#endif
-    (void)isa;
-    return dot_f32_scalar(a, b, n);
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) l[j] += (double)x[i + j] * x[i + j];
+    double ss = sum_squares_tail(x, i, n, ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7])));
+    float r = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (i = 0; i < n; i++) out[i] = w[i] * (x[i] * r);
 }
 
-void sov_axpy_f32(sov_isa isa, float alpha, const float *x, float *y, uint64_t n) {
 #ifdef SOV_X86
-    if (isa != SOV_ISA_SCALAR) {
-        axpy_f32_avx2(alpha, x, y, n);
+/* The attention kernel's arrays of accumulators live in registers only once their loops are
+ * unrolled, which -O2 does not do by itself. */
+#define UNROLL _Pragma("GCC unroll 8")
+
+/* hd a multiple of 16. Four keys at a time, each score summed exactly as dot_f32_avx2 sums one
+ * (two accumulators, then hsum_avx2's order, four keys reduced together); the exponentials and
+ * their sum in order; the weighted values 64 (or 16) dimensions at a time, held in registers over
+ * all positions, one multiply-add per element and position as the old axpy did. */
+AVX2_TARGET static void attention_avx2(const float *q, const float *keys, const float *values, uint64_t stride, uint32_t hd, int32_t n_pos,
+                                       float scale, float *scores, float *out) {
+    float max = -INFINITY;
+    int32_t p = 0;
+    for (; p + 4 <= n_pos; p += 4) {
+        const float *k = keys + (uint64_t)p * stride;
+        __m256 acc0[4], acc1[4];
+        UNROLL for (int j = 0; j < 4; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();
+        for (uint32_t d = 0; d < hd; d += 16) {
+            __m256 q0 = _mm256_loadu_ps(q + d), q1 = _mm256_loadu_ps(q + d + 8);
+            UNROLL for (int j = 0; j < 4; j++) {
+                acc0[j] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k + (uint64_t)j * stride + d), acc0[j]);
+                acc1[j] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k + (uint64_t)j * stride + d + 8), acc1[j]);
+            }
+        }
+        UNROLL for (int j = 0; j < 4; j++) acc0[j] = _mm256_add_ps(acc0[j], acc1[j]);
+        _mm_storeu_ps(scores + p, hsum4_avx2(acc0));
+    }
+    for (; p < n_pos; p++) scores[p] = dot_f32_avx2(q, keys + (uint64_t)p * stride, hd);
+    /* max_ps(s, m) is s > m ? s : m, the scalar kernel's comparison (libm's fmaxf is a call) */
+    const __m256 vscale = _mm256_set1_ps(scale);
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    for (p = 0; p + 8 <= n_pos; p += 8) {
+        __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(scores + p), vscale);
+        _mm256_storeu_ps(scores + p, sc);
+        vmax = _mm256_max_ps(sc, vmax);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmax);
+    for (int j = 0; j < 8; j++)
+        if (lanes[j] > max) max = lanes[j];
+    for (; p < n_pos; p++) {
+        scores[p] *= scale;
+        if (scores[p] > max) max = scores[p];
+    }
+    float sum = 0.0f;
+    for (p = 0; p < n_pos; p++) {
+        scores[p] = expf(scores[p] - max);
+        sum += scores[p];
+    }
+    const __m256 vsum = _mm256_set1_ps(sum);
+    for (p = 0; p + 8 <= n_pos; p += 8) _mm256_storeu_ps(scores + p, _mm256_div_ps(_mm256_loadu_ps(scores + p), vsum));
+    for (; p < n_pos; p++) scores[p] /= sum;
+    uint32_t d = 0;
+    for (; d + 64 <= hd; d += 64) {
+        __m256 acc[8];
+        UNROLL for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+        for (p = 0; p < n_pos; p++) {
+            const float *v = values + (uint64_t)p * stride + d;
+            __m256 w = _mm256_broadcast_ss(scores + p);
+            UNROLL for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * j), acc[j]);
+        }
+        UNROLL for (int j = 0; j < 8; j++) _mm256_storeu_ps(out + d + 8 * j, acc[j]);
+    }
+    for (; d < hd; d += 16) {
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        for (p = 0; p < n_pos; p++) {
+            const float *v = values + (uint64_t)p * stride + d;
+            __m256 w = _mm256_broadcast_ss(scores + p);
+            acc0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v), acc0);
+            acc1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8), acc1);
+        }
+        _mm256_storeu_ps(out + d, acc0);
+        _mm256_storeu_ps(out + d + 8, acc1);
+    }
+}
+
+AVX2_TARGET static void swiglu_avx2(float *g, const float *u, uint64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    float e[SWIGLU_CHUNK];
+    uint64_t i = 0;
+    for (; i + SWIGLU_CHUNK <= n; i += SWIGLU_CHUNK) {
+        for (int k = 0; k < SWIGLU_CHUNK; k++) e[k] = expf(-g[i + k]);
+        for (int k = 0; k < SWIGLU_CHUNK; k += 8) {
+            __m256 den = _mm256_add_ps(one, _mm256_loadu_ps(e + k));
+            _mm256_storeu_ps(g + i + k, _mm256_mul_ps(_mm256_div_ps(_mm256_loadu_ps(g + i + k), den), _mm256_loadu_ps(u + i + k)));
+        }
+    }
+    swiglu_scalar(g + i, u + i, n - i);
+}
+
+AVX2_TARGET static void add_rms_norm_avx2(float *x, const float *add, const float *w, float *out, uint64_t n, float eps) {
+    uint64_t i = 0;
+    if (add) {
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(add + i)));
+        for (; i < n; i++) x[i] += add[i];
+    }
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), hi = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+        acc0 = _mm256_add_pd(acc0, _mm256_mul_pd(lo, lo));
+        acc1 = _mm256_add_pd(acc1, _mm256_mul_pd(hi, hi));
+    }
+    __m256d t = _mm256_add_pd(acc0, acc1);
+    __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+    double ss = sum_squares_tail(x, i, n, _mm_cvtsd_f64(_mm_add_sd(u, _mm_unpackhi_pd(u, u))));
+    float r = (float)(1.0 / sqrt(ss / (double)n + eps));
+    __m256 vr = _mm256_set1_ps(r);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_mul_ps(_mm256_loadu_ps(x + i), vr)));
+    for (; i < n; i++) out[i] = w[i] * (x[i] * r);
+}
+
+#endif
+
+void sov_attention(sov_isa isa, const float *q, const float *keys, const float *values, uint64_t stride, uint32_t hd, int32_t n_pos,
+                   float scale, float *scores, float *out) {
+#ifdef SOV_X86
+    if (isa != SOV_ISA_SCALAR && hd % 16 == 0) {
+        attention_avx2(q, keys, values, stride, hd, n_pos, scale, scores, out);
         return;
     }
 #endif
     (void)isa;
-    for (uint64_t i = 0; i < n; i++) y[i] = fmaf(alpha, x[i], y[i]);
+    attention_scalar(q, keys, values, stride, hd, n_pos, scale, scores, out);
+}
+
+void sov_swiglu(sov_isa isa, float *g, const float *u, uint64_t n) {
+#ifdef SOV_X86
+    if (isa != SOV_ISA_SCALAR) {
+        swiglu_avx2(g, u, n);
+        return;
+    }
+#endif
+    (void)isa;
+    swiglu_scalar(g, u, n);
+}
+
+void sov_add_rms_norm(sov_isa isa, float *x, const float *add, const float *w, float *out, uint64_t n, float eps) {
+#ifdef SOV_X86
+    if (isa != SOV_ISA_SCALAR) {
+        add_rms_norm_avx2(x, add, w, out, n, eps);
+        return;
+    }
+#endif
+    (void)isa;
+    add_rms_norm_scalar(x, add, w, out, n, eps);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -1180,16 +1445,24 @@ void sov_matmul_rows(sov_isa isa, uint32_t wtype, const void *w, uint64_t cols, 
 #ifdef SOV_X86
         /* whole tiles of tokens go through the register-blocked kernel, rows left over from the
          * row tiles through the one-pair kernel */
-        if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q4_1) {
+        void (*tile)(const uint8_t *, uint64_t, const sov_q8_block *, const float *, uint64_t, float *, int64_t) = NULL;
+        if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q4_1) tile = tile_q4_1_vnni;
+        if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q8_0) tile = tile_q8_0_vnni;
+        /* the tiles' scales: on the stack up to 64 blocks (2048 columns) */
+        float stack_sc[TILE_SCALES * 64], *sc = stack_sc;
+        if (tile && n_tok >= TILE_TOKENS && nb > 64 && !(sc = malloc(nb * TILE_SCALES * sizeof(float)))) tile = NULL;
+        if (tile) {
             for (; t_done + TILE_TOKENS <= n_tok; t_done += TILE_TOKENS) {
                 const sov_q8_block *xt = xq + (uint64_t)t_done * nb;
                 float *yt = y + t_done * ldy;
+                tile_scales(xt, nb, sc);
                 int64_t r = r0;
-                for (; r + TILE_ROWS <= r1; r += TILE_ROWS) tile_q4_1_vnni(wb + (uint64_t)r * row_bytes, row_bytes, xt, nb, yt + r, ldy);
+                for (; r + TILE_ROWS <= r1; r += TILE_ROWS) tile(wb + (uint64_t)r * row_bytes, row_bytes, xt, sc, nb, yt + r, ldy);
                 for (; r < r1; r++)
                     for (int64_t t = 0; t < TILE_TOKENS; t++) yt[t * ldy + r] = dot(wb + (uint64_t)r * row_bytes, xt + (uint64_t)t * nb, nb);
             }
         }
+        if (sc != stack_sc) free(sc);
         /* the tokens left, few at decode, four rows at a time */
         void (*rows)(const uint8_t *, uint64_t, const sov_q8_block *, uint64_t, float *) = NULL;
         if (isa == SOV_ISA_AVX512 && wtype == SOV_TYPE_Q4_1) rows = rows_q4_1_vnni;

@@ -307,35 +307,147 @@ static void test_q5_kernels(void) {
     CHECK(changed == 1 && after[19] - before[19] == 16.0f);
 }
 
-/* Decode-sized products (a few tokens, the row-blocked kernels) are bit-identical across the kernel
- * sets: the SIMD kernels sum in the scalar path's order. Rows 1..14 of 15 start a range inside the
- * matrix and leave rows over after the blocks of four; 1..7 tokens stay below a register tile. */
+/* Products of 1..19 tokens are bit-identical across the kernel sets: the SIMD kernels (row blocks
+ * for a few tokens, register tiles of 8 tokens) sum in the scalar path's order. Rows 1..14 of 15
+ * start a range inside the matrix and leave rows over after the blocks of four; 576 columns keep
+ * the tiles' scales on the stack, 2240 (70 blocks) put them on the heap. */
 static void test_kernels_bitwise_few_tokens(void) {
-    enum { COLS = 576, ROWS = 15, TOK = 7 };
+    enum { MAX_COLS = 2240, ROWS = 15, TOK = 19 };
     static const uint32_t types[] = {SOV_TYPE_Q4_0, SOV_TYPE_Q4_1, SOV_TYPE_Q8_0};
-    static float x[TOK * COLS];
-    static sov_q8_block xq[TOK * COLS / 32];
-    static uint8_t w[ROWS * COLS / 32 * 34];
-    for (int i = 0; i < TOK * COLS; i++) x[i] = frand();
+    static const uint64_t widths[] = {576, MAX_COLS};
+    static float x[TOK * MAX_COLS];
+    static sov_q8_block xq[TOK * MAX_COLS / 32];
+    static uint8_t w[ROWS * MAX_COLS / 32 * 34];
+    for (int i = 0; i < TOK * MAX_COLS; i++) x[i] = frand();
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
-        uint32_t t = types[k], bb = sov_type_block_bytes(t);
-        uint64_t bytes = (uint64_t)ROWS * COLS / 32 * bb;
-        for (uint64_t i = 0; i < bytes; i++) w[i] = (uint8_t)((rng = rng * 6364136223846793005ull + 1442695040888963407ull) >> 33);
-        for (uint64_t b = 0; b < bytes / bb; b++) {
-            w[b * bb + 1] = 0x20;
-            if (t == SOV_TYPE_Q4_1) w[b * bb + 3] = 0xa0;
+        for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+            uint64_t cols = widths[wi];
+            uint32_t t = types[k], bb = sov_type_block_bytes(t);
+            uint64_t bytes = (uint64_t)ROWS * cols / 32 * bb;
+            for (uint64_t i = 0; i < bytes; i++) w[i] = (uint8_t)((rng = rng * 6364136223846793005ull + 1442695040888963407ull) >> 33);
+            for (uint64_t b = 0; b < bytes / bb; b++) {
+                w[b * bb + 1] = 0x20;
+                if (t == SOV_TYPE_Q4_1) w[b * bb + 3] = 0xa0;
+            }
+            /* 1, 4 and 7 tokens take the row kernels; 8 and more the tiles of 8 tokens, then the rows */
+            static const int token_counts[] = {1, 4, 7, 8, 11, 16, 19};
+            for (size_t c = 0; c < sizeof token_counts / sizeof token_counts[0]; c++) {
+                int n_tok = token_counts[c];
+                static float y[3][TOK * ROWS];
+                memset(y, 0, sizeof y);
+                for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
+                    sov_isa use = (sov_isa)isa;
+                    if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
+                    for (int tok = 0; tok < n_tok; tok++) sov_quantize_row_q8(use, x + tok * cols, xq + tok * (cols / 32), cols);
+                    sov_matmul_rows(use, t, w, cols, 1, ROWS - 1, x, xq, n_tok, y[isa], ROWS);
+                }
+                CHECK(memcmp(y[0], y[1], sizeof y[0]) == 0);
+                CHECK(memcmp(y[0], y[2], sizeof y[0]) == 0);
+            }
         }
-        for (int n_tok = 1; n_tok <= TOK; n_tok += 3) {
-            static float y[3][TOK * ROWS];
-            memset(y, 0, sizeof y);
+    }
+}
+
+/* Attention: every kernel set gives the same bits (head sizes that take the SIMD path, 64 and 80,
+ * and ones that do not, 24 and 20; position counts around the kernel's four and eight), and the
+ * result is within float rounding (1e-5) of a double-precision reference. */
+static void test_attention(void) {
+    enum { MAX_HD = 80, MAX_POS = 77, STRIDE = MAX_HD + 8 };
+    static const uint32_t hds[] = {64, 80, 24, 20};
+    static const int32_t positions[] = {1, 3, 4, 7, 8, 9, 19, 77};
+    static float q[MAX_HD], keys[MAX_POS * STRIDE], values[MAX_POS * STRIDE], scores[MAX_POS], out[3][MAX_HD];
+    for (int i = 0; i < MAX_POS * STRIDE; i++) {
+        keys[i] = 2.0f * frand();
+        values[i] = frand();
+    }
+    for (int i = 0; i < MAX_HD; i++) q[i] = 2.0f * frand();
+    for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++) {
+        uint32_t hd = hds[h];
+        float scale = 1.0f / sqrtf((float)hd);
+        for (size_t k = 0; k < sizeof positions / sizeof positions[0]; k++) {
+            int32_t n_pos = positions[k];
             for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
                 sov_isa use = (sov_isa)isa;
                 if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
-                for (int tok = 0; tok < n_tok; tok++) sov_quantize_row_q8(use, x + tok * COLS, xq + tok * (COLS / 32), COLS);
-                sov_matmul_rows(use, t, w, COLS, 1, ROWS - 1, x, xq, n_tok, y[isa], ROWS);
+                sov_attention(use, q, keys, values, STRIDE, hd, n_pos, scale, scores, out[isa]);
             }
-            CHECK(memcmp(y[0], y[1], sizeof y[0]) == 0);
-            CHECK(memcmp(y[0], y[2], sizeof y[0]) == 0);
+            CHECK(memcmp(out[0], out[1], hd * sizeof(float)) == 0);
+            CHECK(memcmp(out[0], out[2], hd * sizeof(float)) == 0);
+            double w[MAX_POS], max = -INFINITY, sum = 0;
+            for (int32_t p = 0; p < n_pos; p++) {
+                double dot = 0;
+                for (uint32_t d = 0; d < hd; d++) dot += (double)q[d] * keys[p * STRIDE + d];
+                w[p] = dot * scale;
+                if (w[p] > max) max = w[p];
+            }
+            for (int32_t p = 0; p < n_pos; p++) sum += (w[p] = exp(w[p] - max));
+            for (uint32_t d = 0; d < hd; d++) {
+                double ref = 0;
+                for (int32_t p = 0; p < n_pos; p++) ref += w[p] / sum * values[p * STRIDE + d];
+                CHECK(fabs(out[0][d] - ref) <= 1e-5);
+            }
+        }
+    }
+}
+
+/* SwiGLU: the same bits from every kernel set (lengths with whole chunks of 64 and a tail), and
+ * within float rounding of a double-precision reference. */
+static void test_swiglu(void) {
+    enum { N = 203 };
+    static const uint64_t lengths[] = {N, 128, 5};
+    static float g0[N], u[N], g[3][N];
+    for (int i = 0; i < N; i++) {
+        g0[i] = 12.0f * frand();
+        u[i] = frand();
+    }
+    for (size_t k = 0; k < sizeof lengths / sizeof lengths[0]; k++) {
+        uint64_t n = lengths[k];
+        for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
+            sov_isa use = (sov_isa)isa;
+            if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
+            memcpy(g[isa], g0, sizeof g0);
+            sov_swiglu(use, g[isa], u, n);
+        }
+        CHECK(memcmp(g[0], g[1], sizeof g[0]) == 0 && memcmp(g[0], g[2], sizeof g[0]) == 0);
+        for (uint64_t i = 0; i < n; i++) {
+            double ref = (double)g0[i] / (1.0 + exp(-(double)g0[i])) * u[i];
+            CHECK(fabs(g[0][i] - ref) <= 4e-7 * fabs(ref) + 1e-30);
+        }
+    }
+}
+
+/* The residual add and RMS norm: the same bits from every kernel set (widths with and without a
+ * tail past the last eight), and within float rounding of a double-precision reference. */
+static void test_add_rms_norm(void) {
+    enum { MAX_N = 203 };
+    static const uint64_t widths[] = {576, 203, 8, 3};
+    static float x0[MAX_N], add[MAX_N], w[MAX_N], x[3][MAX_N], out[3][MAX_N];
+    for (int i = 0; i < MAX_N; i++) {
+        x0[i] = 3.0f * frand();
+        add[i] = frand();
+        w[i] = 1.0f + 0.5f * frand();
+    }
+    for (size_t k = 0; k < sizeof widths / sizeof widths[0]; k++) {
+        uint64_t n = widths[k] < MAX_N ? widths[k] : MAX_N;
+        for (int with_add = 0; with_add < 2; with_add++) {
+            for (int isa = SOV_ISA_SCALAR; isa <= SOV_ISA_AVX512; isa++) {
+                sov_isa use = (sov_isa)isa;
+                if (use != SOV_ISA_SCALAR && sov_isa_detect(0) < use) use = SOV_ISA_SCALAR;
+                memcpy(x[isa], x0, sizeof x0);
+                sov_add_rms_norm(use, x[isa], with_add ? add : NULL, w, out[isa], n, 1e-5f);
+            }
+            CHECK(memcmp(x[0], x[1], n * sizeof(float)) == 0 && memcmp(x[0], x[2], n * sizeof(float)) == 0);
+            CHECK(memcmp(out[0], out[1], n * sizeof(float)) == 0 && memcmp(out[0], out[2], n * sizeof(float)) == 0);
+            double ss = 0;
+            for (uint64_t i = 0; i < n; i++) {
+                double v = (double)x0[i] + (with_add ? add[i] : 0.0f);
+                ss += v * v;
+            }
+            double r = 1.0 / sqrt(ss / (double)n + 1e-5);
+            for (uint64_t i = 0; i < n; i++) {
+                double ref = w[i] * ((double)x0[i] + (with_add ? add[i] : 0.0f)) * r;
+                CHECK(fabs(out[0][i] - ref) <= 1e-6 * (1 + fabs(ref)));
+            }
         }
     }
 }
@@ -864,6 +976,9 @@ int main(void) {
     test_dequantize();
     test_kernels_agree();
     test_kernels_bitwise_few_tokens();
+    test_attention();
+    test_swiglu();
+    test_add_rms_norm();
     test_quantize_q8k();
     test_kquant_kernels();
     test_q5_kernels();
