@@ -202,6 +202,24 @@ def _llama(path: str, threads: int, prompts: list[list[int]], gen: int, batches:
 
 # --- report -----------------------------------------------------------------------------------------
 
+def _kv_cache_mb(path: str, *, prompt_tokens: int, gen: int, batches: list[int]) -> float:
+    """The largest KV cache our engine held in this benchmark: a sequence's cache starts at 64 positions and
+    doubles as it fills (native/src/model.c, `cache_reserve`), each position holding keys and values of
+    every layer and key/value head in float32."""
+    info = _engine.Model(path, threads=1).info()
+    per_position = int(info["n_layer"]) * 2 * int(info["n_head_kv"]) * int(info["head_dim"]) * 4
+
+    def held(positions: int) -> int:
+        cap = 64
+        while cap < positions:
+            cap *= 2
+        return cap
+
+    single = held(prompt_tokens + gen)
+    batched = max((size * held(BATCH_PROMPT + gen) for size in batches), default=0)
+    return max(single, batched) * per_position / 1e6
+
+
 def _ratio(ours: float, anchor: float) -> float:
     return ours / anchor if anchor else float("inf")
 
@@ -226,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [_prompt(tokenizer, args.prompt_tokens, salt) for salt in range(max(SINGLE_PROMPTS, *batches))]
     results: dict[str, Any] = {"model": Path(path).name, "prompt_tokens": args.prompt_tokens,
                                "gen_tokens": args.gen_tokens, "runs": []}
+    # what the process holds before our engine loads anything: Python, numpy, the tokenizer, llama.cpp's library
+    results["rss_mb_before_engine"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     for threads in (int(t) for t in args.threads.split(",")):
         print(f"engine: {threads} thread(s): ours ...", file=sys.stderr, flush=True)
         ours = _ours(path, threads, prompts, args.gen_tokens, batches, args.reps)
@@ -250,8 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         for flag in flags:
             print(f"  FLAG: {flag}")
     size_mb = Path(path).stat().st_size / 1e6
-    print(f"\npeak RSS of our engine (measured before llama.cpp loads): {results['peak_rss_mb_ours']:.0f} MB; "
-          f"model file {size_mb:.0f} MB")
+    kv_mb = _kv_cache_mb(path, prompt_tokens=args.prompt_tokens, gen=args.gen_tokens, batches=batches)
+    own = results["peak_rss_mb_ours"] - results["rss_mb_before_engine"]
+    bound = size_mb + kv_mb + 64
+    results.update(engine_rss_mb=round(own, 1), kv_cache_mb=round(kv_mb, 1), rss_bound_mb=round(bound, 1))
+    print(f"\npeak RSS, measured before llama.cpp loads: {results['peak_rss_mb_ours']:.0f} MB for the process, of "
+          f"which {results['rss_mb_before_engine']:.0f} MB before our engine loaded (Python, numpy, the tokenizer, "
+          f"llama.cpp's library): our engine {own:.0f} MB against file {size_mb:.0f} + largest KV cache {kv_mb:.0f} "
+          f"+ 64 = {bound:.0f} MB ({'within' if own <= bound else 'OVER'})")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0
