@@ -120,42 +120,66 @@ CREATE TRIGGER billing_ledgerentry_touched AFTER INSERT ON billing_ledgerentry
 """
 
 _CHECK = """
--- A generic plan, planned once per session: the planner, given the array, would plan each check anew (its
--- custom plan for one id looks cheaper than the generic one for an unknown number), and the generic plan is
--- the index-driven one this query wants at any size.
-CREATE OR REPLACE FUNCTION billing_ledger_check() RETURNS trigger LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan AS $$
+CREATE OR REPLACE FUNCTION billing_ledger_check() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     bad record;
+    failed boolean;
 BEGIN
     -- any check clears the record of unchecked entries: postings written after it need a check of their own
     PERFORM set_config('billing.ledger_recorded', '', true);
     -- per entry id: whether the entry and its hold exist, its postings' sums, its postings of another
     -- organisation or drawing on another organisation's (or no) grant, and whether the organisation, prices
-    -- and FX rate are its hold's. Driven by the ids, through the primary keys and the postings' entry index,
-    -- so that its cost follows the number of entries checked (one for a settlement, 100,000 for a COPY),
-    -- never the size of the tables (`= ANY (array)` would test every row against the whole array).
-    SELECT t.id, e.id IS NULL AS missing, h.id IS NULL AS orphan, e.amount_micros, p.debits, p.credits,
-           p.strangers, (e.organization_id, e.input_price_id, e.output_price_id, e.fx_rate_id)
-               IS DISTINCT FROM (h.organization_id, h.input_price_id, h.output_price_id, h.fx_rate_id) AS astray
-      INTO bad
-      FROM unnest(NEW.entry_ids) AS t(id)
-      LEFT JOIN billing_ledgerentry e ON e.id = t.id
-      LEFT JOIN billing_credithold h ON h.id = e.hold_id
-     CROSS JOIN LATERAL (
-           SELECT coalesce(sum(q.debit_micros), 0) AS debits, coalesce(sum(q.credit_micros), 0) AS credits,
-                  count(*) FILTER (WHERE q.organization_id IS DISTINCT FROM e.organization_id
-                                      OR (q.grant_id IS NOT NULL AND NOT EXISTS (
-                                              SELECT 1 FROM billing_creditgrant g
-                                               WHERE g.id = q.grant_id AND g.organization_id = e.organization_id))
-                                  ) AS strangers
-             FROM billing_ledgerposting q WHERE q.entry_id = t.id) p
-     WHERE e.id IS NULL OR h.id IS NULL OR p.debits <> p.credits OR p.debits <> e.amount_micros
-        OR p.strangers > 0
-        OR (e.organization_id, e.input_price_id, e.output_price_id, e.fx_rate_id)
-           IS DISTINCT FROM (h.organization_id, h.input_price_id, h.output_price_id, h.fx_rate_id)
-     LIMIT 1;
-    IF FOUND THEN
+    -- and FX rate are its hold's
+    IF cardinality(NEW.entry_ids) = 1 THEN
+        -- one entry (a settlement): lookups by key, whose plan is made once and stays good as tables grow
+        SELECT e.id, false AS missing, h.id IS NULL AS orphan, e.amount_micros, p.debits, p.credits, p.strangers,
+               (e.organization_id, e.input_price_id, e.output_price_id, e.fx_rate_id)
+                   IS DISTINCT FROM (h.organization_id, h.input_price_id, h.output_price_id, h.fx_rate_id) AS astray
+          INTO bad
+          FROM billing_ledgerentry e
+          LEFT JOIN billing_credithold h ON h.id = e.hold_id
+         CROSS JOIN LATERAL (
+               SELECT coalesce(sum(q.debit_micros), 0) AS debits, coalesce(sum(q.credit_micros), 0) AS credits,
+                      count(*) FILTER (WHERE q.organization_id IS DISTINCT FROM e.organization_id
+                                          OR (q.grant_id IS NOT NULL AND NOT EXISTS (
+                                                  SELECT 1 FROM billing_creditgrant g
+                                                   WHERE g.id = q.grant_id AND g.organization_id = e.organization_id))
+                                      ) AS strangers
+                 FROM billing_ledgerposting q WHERE q.entry_id = e.id) p
+         WHERE e.id = NEW.entry_ids[1];
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'billing: postings of ledger entry %, which does not exist', NEW.entry_ids[1]
+                USING ERRCODE = '23503';
+        END IF;
+        failed := bad.orphan OR bad.debits <> bad.credits OR bad.debits <> bad.amount_micros OR bad.strangers > 0
+                  OR bad.astray;
+    ELSE
+        -- many (a COPY): driven by the ids, through the primary keys and the postings' entry index, so that
+        -- its cost follows the number of entries checked, not the size of the tables (`= ANY (array)` would
+        -- test every row against the whole array)
+        SELECT t.id, e.id IS NULL AS missing, h.id IS NULL AS orphan, e.amount_micros, p.debits, p.credits,
+               p.strangers, (e.organization_id, e.input_price_id, e.output_price_id, e.fx_rate_id)
+                   IS DISTINCT FROM (h.organization_id, h.input_price_id, h.output_price_id, h.fx_rate_id) AS astray
+          INTO bad
+          FROM unnest(NEW.entry_ids) AS t(id)
+          LEFT JOIN billing_ledgerentry e ON e.id = t.id
+          LEFT JOIN billing_credithold h ON h.id = e.hold_id
+         CROSS JOIN LATERAL (
+               SELECT coalesce(sum(q.debit_micros), 0) AS debits, coalesce(sum(q.credit_micros), 0) AS credits,
+                      count(*) FILTER (WHERE q.organization_id IS DISTINCT FROM e.organization_id
+                                          OR (q.grant_id IS NOT NULL AND NOT EXISTS (
+                                                  SELECT 1 FROM billing_creditgrant g
+                                                   WHERE g.id = q.grant_id AND g.organization_id = e.organization_id))
+                                      ) AS strangers
+                 FROM billing_ledgerposting q WHERE q.entry_id = t.id) p
+         WHERE e.id IS NULL OR h.id IS NULL OR p.debits <> p.credits OR p.debits <> e.amount_micros
+            OR p.strangers > 0
+            OR (e.organization_id, e.input_price_id, e.output_price_id, e.fx_rate_id)
+               IS DISTINCT FROM (h.organization_id, h.input_price_id, h.output_price_id, h.fx_rate_id)
+         LIMIT 1;
+        failed := FOUND;
+    END IF;
+    IF failed THEN
         IF bad.missing THEN
             RAISE EXCEPTION 'billing: postings of ledger entry %, which does not exist', bad.id USING ERRCODE = '23503';
         ELSIF bad.orphan THEN
