@@ -30,6 +30,13 @@ def _balanced(org_id: int, entry: LedgerEntry) -> list[LedgerPosting]:
     ]
 
 
+def _entries_with_balanced_postings(org_id: int, holds: list[CreditHold]) -> None:
+    entries = LedgerEntry.objects.unscoped_all_orgs().bulk_create([_unposted_entry(hold) for hold in holds])
+    LedgerPosting.objects.unscoped_all_orgs().bulk_create(
+        [posting for entry in entries for posting in _balanced(org_id, entry)]
+    )
+
+
 def _other_price(hold: CreditHold) -> int:
     other: PriceBookEntry = make_prices(model_name="other-model", region=hold.region)[0]
     return int(other.pk)
@@ -61,10 +68,7 @@ def test_an_entry_that_does_not_carry_its_holds_references_is_refused(prices: ob
             _check_deferred_now()
         transaction.set_rollback(True)
     # Positive control: the same rows with the hold's references pass.
-    entries = LedgerEntry.objects.unscoped_all_orgs().bulk_create([_unposted_entry(hold) for hold in holds])
-    LedgerPosting.objects.unscoped_all_orgs().bulk_create(
-        [posting for entry in entries for posting in _balanced(org.pk, entry)]
-    )
+    _entries_with_balanced_postings(org.pk, holds)
     _check_deferred_now()
 
 
@@ -84,10 +88,7 @@ def test_a_posting_of_another_organisation_is_refused(prices: object, batch: boo
             _check_deferred_now()
         transaction.set_rollback(True)
     # Positive control.
-    entries = LedgerEntry.objects.unscoped_all_orgs().bulk_create([_unposted_entry(hold) for hold in holds])
-    LedgerPosting.objects.unscoped_all_orgs().bulk_create(
-        [posting for entry in entries for posting in _balanced(org.pk, entry)]
-    )
+    _entries_with_balanced_postings(org.pk, holds)
     _check_deferred_now()
 
 
