@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -36,7 +37,7 @@ from billing.selectors import PriceQuote as PriceQuote
 from billing.selectors import balance_get as balance_get
 from billing.selectors import price_quote as price_quote
 from controlplane.core import hotcache, money
-from controlplane.core.errors import Conflict, DomainError, NotFound, ValidationFailed
+from controlplane.core.errors import Conflict, DomainError, NotFound, ServiceUnavailable, ValidationFailed
 from controlplane.core.regions import REGION_CODES
 from controlplane.core.services import Actor, audit_record
 from controlplane.fleet import selectors as fleet_selectors
@@ -617,11 +618,106 @@ def hold_place(
     queue up. Prepaid: the hold is drawn from unexpired grants in burn order, or refused with 402
     `insufficient_credit`; the balance never goes below zero. Postpaid: no balance check. Calling again
     with the same request id returns the existing hold.
+
+    On PostgreSQL all of it is one statement, `billing_hold_place` (migration 0008); elsewhere (SQLite)
+    the same steps run here.
     """
+    hold_place_check(request_id=request_id, input_tokens=input_tokens, max_output_tokens=max_output_tokens, at=at)
+    arguments: dict[str, Any] = {
+        "organization": organization, "request_id": request_id, "model_name": model_name, "region": region,
+        "input_tokens": input_tokens, "max_output_tokens": max_output_tokens, "at": at,
+    }  # fmt: skip
+    if connection.vendor == "postgresql":
+        return _hold_place_in_database(**arguments)
+    return _hold_place_here(**arguments)
+
+
+def hold_place_check(*, request_id: str, input_tokens: int, max_output_tokens: int, at: datetime) -> None:
+    """The arguments' own checks, before anything is read (a caller that calls `billing_hold_place` in a
+    statement of its own runs them first, as `hold_place` does)."""
     if not request_id or len(request_id) > 64:
         raise ValidationFailed("request_id must be 1 to 64 characters.")
     _check_tokens(input_tokens=input_tokens, max_output_tokens=max_output_tokens)
     _check_moment(at)
+
+
+HOLD_PLACED = frozenset({"placed", "held_before"})
+
+
+def hold_refusal(*, outcome: str, detail: dict[str, Any] | str | None, request_id: str) -> DomainError | Exception:
+    """The exception for a `billing_hold_place` outcome that placed nothing, as `_hold_place_here` raises it
+    (`detail`: the function's, as the driver returns it: decoded or JSON text)."""
+    detail = (json.loads(detail) if isinstance(detail, str) else detail) or {}
+    if outcome == "insufficient_credit":
+        return InsufficientCredit("The organisation's prepaid credit does not cover this request.", details=detail)
+    if outcome == "budget_exceeded":
+        return budgets.BudgetExceeded(
+            "This request could take the organisation's spend above its monthly budget (hard stop).", details=detail
+        )
+    if outcome == "price_unavailable":
+        return ServiceUnavailable(
+            f"No list price is in force for {detail.get('model')} in {detail.get('region')}.",
+            code="price_unavailable", details=detail,
+        )  # fmt: skip
+    if outcome == "fx_unavailable":
+        currency = str(detail.get("currency", "")).upper()
+        return ServiceUnavailable(f"No FX rate for {currency} is in force.", code="fx_unavailable", details=detail)
+    if outcome == "request_id_reused":
+        return Conflict("This request id is already used by another request.", code="request_id_reused")
+    if outcome == "organization_not_found":
+        return Organization.DoesNotExist(f"the organisation of request {request_id} does not exist")
+    return RuntimeError(f"billing_hold_place answered {outcome!r}")
+
+
+_HOLD_FIELDS = tuple(field.attname for field in CreditHold._meta.concrete_fields)
+_HOLD_STATEMENT = "billing_hold_place_call"  # prepared per connection, as the settlement is (below)
+_HOLD_PREPARE = (
+    f"PREPARE {_HOLD_STATEMENT} (bigint, text, text, text, bigint, bigint, timestamptz) AS SELECT p.outcome, p.detail, "  # noqa: S608  # column names from the model, arguments bound
+    + ", ".join(f"(p.hold).{name}" for name in _HOLD_FIELDS)
+    + " FROM billing_hold_place($1, $2, $3, $4, $5, $6, $7) p"
+)
+_HOLD_EXECUTE = f"EXECUTE {_HOLD_STATEMENT} (%s, %s, %s, %s, %s, %s, %s)"
+_hold_prepared_on: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _hold_place_in_database(
+    *, organization: Organization, request_id: str, model_name: str, region: str, input_tokens: int,
+    max_output_tokens: int, at: datetime,
+) -> CreditHold:  # fmt: skip
+    arguments = [organization.pk, request_id, model_name, region, input_tokens, max_output_tokens, at]
+    try:
+        # a savepoint only inside a caller's transaction (outside one the statement is its own)
+        with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+            driver = connection.connection
+            if driver not in _hold_prepared_on:
+                cursor.execute(_HOLD_PREPARE)
+                _hold_prepared_on.add(driver)
+            cursor.execute(_HOLD_EXECUTE, arguments)
+            row = cursor.fetchone()
+    except IntegrityError:
+        # Two transactions raced for the same request id; the loser's statement is rolled back.
+        existing = selectors.hold_get(request_id=request_id)
+        if existing is None:
+            raise
+        return _same_hold(existing, organization_id=organization.pk, model_name=model_name, region=region)
+    outcome, detail, values = row[0], row[1], row[2:]
+    if outcome not in HOLD_PLACED:
+        raise hold_refusal(outcome=outcome, detail=detail, request_id=request_id)
+    hold: CreditHold = CreditHold.from_db(connection.alias, list(_HOLD_FIELDS), list(values))
+    return hold
+
+
+def _hold_place_here(
+    *,
+    organization: Organization,
+    request_id: str,
+    model_name: str,
+    region: str,
+    input_tokens: int,
+    max_output_tokens: int,
+    at: datetime,
+) -> CreditHold:
+    """The placement in Python, step by step (SQLite; on PostgreSQL a test runs it next to the function)."""
     quote = selectors.price_quote(model_name=model_name, region=region, at=at)
     try:
         with transaction.atomic():

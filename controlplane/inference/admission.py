@@ -7,11 +7,16 @@ regional content written before a failed central transaction is deleted, and not
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+import os
 import secrets
+import socket
 import time
+import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -19,13 +24,15 @@ from typing import Any, Literal
 
 import redis
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from billing import services as billing_services
 from controlplane.core import hotcache
 from controlplane.core.errors import Conflict, DomainError, NotFound, PermissionDenied, RateLimited, ServiceUnavailable
+from controlplane.core.logging import current_request_id
+from controlplane.core.prepared import Prepared
 from controlplane.core.regions import REGIONS, region_queue
 from controlplane.core.scoping import org_scope
 from controlplane.core.services import Actor, audit_record
@@ -213,8 +220,23 @@ def _candidate_regions(policy: ResidencyPolicy | None, requested: str | None) ->
     return allowed
 
 
+_HOST_LOAD = Prepared(
+    "inference_host_load",
+    "SELECT r.host_id, count(*) FILTER (WHERE r.status = 'running'), count(*) FILTER (WHERE r.status = 'queued') "
+    "FROM inference_inferencerequest r WHERE r.status IN ('queued', 'running') AND r.host_id IS NOT NULL "
+    "GROUP BY r.host_id",
+    {},
+)
+
+
 def _host_load() -> dict[int, tuple[int, int]]:
-    rows = (
+    """Running and queued requests per host, read fresh on every admission (the queue cap counts them)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            # prepared: planning this query cost 0.7 ms each time, running it 0.2
+            rows = _HOST_LOAD.execute(cursor, {}).fetchall()
+        return {int(host): (int(running), int(queued)) for host, running, queued in rows}
+    load = (
         InferenceRequest.objects.unscoped_all_orgs()
         .filter(status__in=[InferenceRequest.Status.QUEUED, InferenceRequest.Status.RUNNING], host__isnull=False)
         .values("host_id")
@@ -223,7 +245,7 @@ def _host_load() -> dict[int, tuple[int, int]]:
             queued=Count("id", filter=Q(status=InferenceRequest.Status.QUEUED)),
         )
     )
-    return {int(r["host_id"]): (int(r["running"]), int(r["queued"])) for r in rows}
+    return {int(r["host_id"]): (int(r["running"]), int(r["queued"])) for r in load}
 
 
 # --- quota ------------------------------------------------------------------------------------------
@@ -497,6 +519,49 @@ def _request_admit(
     region_alias = _region_alias(region)
     kept_for = timedelta(days=retention_days) if retention_days else timedelta(seconds=settings.REQUEST_DEADLINE_S)
     expires = now + kept_for
+    row = {
+        "organization_id": organization.pk,
+        "request_id": request_id,
+        "api_key_id": api_key.pk,
+        "kind": kind,
+        "model_name": model.name,
+        "region": region,
+        "country": next(r.country for r in REGIONS if r.code == region),
+        "host_id": placement.host_id,
+        "accelerator_class": placement.accelerator or "",
+        "workload": workload,
+        "stream": getattr(parsed, "stream", False),
+        "choices_n": n,
+        "prompt_tokens": prompt_tokens,
+        "max_tokens": max_tokens,
+        "reserved_tokens": reserve,
+        "deadline_at": now + timedelta(seconds=settings.REQUEST_DEADLINE_S),
+        "placement_reasons": list(placement.reasons),
+        "retention_days": retention_days,
+        "timings": {"admitted_unix": now.timestamp()},
+    }
+    write = CentralWrite(
+        organization=organization,
+        api_key=api_key,
+        row=row,
+        max_output_tokens=max_tokens * n,
+        idempotency_key=idempotency_key,
+        endpoint=parsed.endpoint,
+        fingerprint=fingerprint,
+        outbox=OutboxMessage(
+            request_id=request_id,
+            task_name=TASK_RUN,
+            queue=region_queue(region),
+            kwargs={"region": region, "request_id": request_id, "attempt": 1},
+        ),
+        audit_changes={
+            "region": region,
+            "host_id": placement.host_id,
+            "accelerator": placement.accelerator,
+            "reasons": list(placement.reasons),
+        },
+        now=now,
+    )
     published: list[bool] = []
     try:
         # write order (DESIGN section 3): regional content first, then index + outbox in one transaction
@@ -504,74 +569,15 @@ def _request_admit(
             region=region, request_id=request_id, organization_id=organization.pk, body=content, salt=salt,
             expires_at=expires,
         )  # fmt: skip
-        with transaction.atomic():
-            if idempotency_key is not None:
-                try:
-                    with transaction.atomic(), org_scope(organization.pk):
-                        IdempotencyKey.objects.create(
-                            organization=organization, key=idempotency_key, endpoint=parsed.endpoint,
-                            body_sha256=fingerprint, request_id=request_id, region=region,
-                            expires_at=now + timedelta(seconds=settings.IDEMPOTENCY_TTL_S),
-                        )  # fmt: skip
-                except IntegrityError:
-                    raise Conflict(
-                        "A request with this Idempotency-Key is already in progress.",
-                        code="idempotent_request_in_progress",
-                    ) from None
-            billing_services.hold_place(
-                organization=organization,
-                request_id=request_id,
-                model_name=model.name,
-                region=region,
-                input_tokens=prompt_tokens,
-                max_output_tokens=max_tokens * n,
-                at=now,
-            )
-            with org_scope(organization.pk):
-                InferenceRequest.objects.create(
-                    organization=organization,
-                    request_id=request_id,
-                    api_key=api_key,
-                    kind=kind,
-                    model_name=model.name,
-                    region=region,
-                    country=next(r.country for r in REGIONS if r.code == region),
-                    host_id=placement.host_id,
-                    accelerator_class=placement.accelerator or "",
-                    workload=workload,
-                    stream=getattr(parsed, "stream", False),
-                    choices_n=n,
-                    prompt_tokens=prompt_tokens,
-                    max_tokens=max_tokens,
-                    reserved_tokens=reserve,
-                    deadline_at=now + timedelta(seconds=settings.REQUEST_DEADLINE_S),
-                    placement_reasons=list(placement.reasons),
-                    retention_days=retention_days,
-                    timings={"admitted_unix": now.timestamp()},
-                )
-            kwargs = {"region": region, "request_id": request_id, "attempt": 1}
-            outbox = OutboxMessage.objects.create(
-                request_id=request_id, task_name=TASK_RUN, queue=region_queue(region), kwargs=kwargs
-            )
-            audit_record(
-                actor=Actor(user_id=None, label=f"key:{api_key.key_id}"),
-                action="inference.place",
-                target_type="inference_request",
-                target_id=request_id,
-                organization_id=organization.pk,
-                changes={
-                    "region": region,
-                    "host_id": placement.host_id,
-                    "accelerator": placement.accelerator,
-                    "reasons": list(placement.reasons),
-                },
-            )
-            # published as the transaction commits; marked sent later, off this request's path
-            # (`outbox_mark_sent`): a row left unmarked is at worst published twice, and a second
-            # delivery claims nothing
-            transaction.on_commit(
-                lambda: published.append(outbox_send(outbox_id=outbox.pk, message=outbox, mark=False))
-            )
+        if connection.vendor == "postgresql":
+            _central_write_in_database(write)
+        else:
+            _central_write_here(write)
+        # published as the transaction commits (at once without one); marked sent later, off this
+        # request's path (`outbox_mark_sent`): a row left unmarked is at worst published twice, and a
+        # second delivery claims nothing
+        outbox = write.outbox
+        transaction.on_commit(lambda: published.append(outbox_send(outbox_id=outbox.pk, message=outbox, mark=False)))
     except BaseException as exc:
         quota.quota_release(client=quota_client(), org_id=organization.pk, region=region, request_id=request_id)
         RequestContent.objects.using(region_alias).filter(request_id=request_id).delete()
@@ -600,8 +606,190 @@ def _request_admit(
         logprobs=getattr(parsed, "logprobs", False),
         ratelimit_headers=decision.headers,
         timings=timings,
-        outbox_unmarked=outbox.pk if published and published[0] else None,
+        outbox_unmarked=write.outbox.pk if published and published[0] else None,
     )
+
+
+# --- the central write -------------------------------------------------------------------------------
+
+
+@dataclass
+class CentralWrite:
+    """Admission's central transaction (DESIGN section 3, after the regional content): the credit hold,
+    the idempotency key, the request's index row, its outbox message and the audit record."""
+
+    organization: Organization
+    api_key: ApiKey
+    row: dict[str, Any]  # InferenceRequest's fields
+    max_output_tokens: int
+    idempotency_key: str | None
+    endpoint: str
+    fingerprint: str
+    outbox: OutboxMessage  # unsaved; its pk is set by the write
+    audit_changes: dict[str, Any]
+    now: datetime
+
+    @property
+    def request_id(self) -> str:
+        return str(self.row["request_id"])
+
+    @property
+    def actor_label(self) -> str:
+        return f"key:{self.api_key.key_id}"
+
+    def idempotency_in_progress(self) -> Conflict:
+        return Conflict("A request with this Idempotency-Key is already in progress.",
+                        code="idempotent_request_in_progress")  # fmt: skip
+
+
+def _central_write_here(write: CentralWrite) -> None:
+    """The central write through the ORM, statement by statement (SQLite; on PostgreSQL a test runs it next
+    to `_central_write_in_database` and compares the rows)."""
+    with transaction.atomic():
+        if write.idempotency_key is not None:
+            try:
+                with transaction.atomic(), org_scope(write.organization.pk):
+                    IdempotencyKey.objects.create(
+                        organization=write.organization, key=write.idempotency_key, endpoint=write.endpoint,
+                        body_sha256=write.fingerprint, request_id=write.request_id, region=write.row["region"],
+                        expires_at=write.now + timedelta(seconds=settings.IDEMPOTENCY_TTL_S),
+                    )  # fmt: skip
+            except IntegrityError:
+                raise write.idempotency_in_progress() from None
+        billing_services.hold_place(
+            organization=write.organization,
+            request_id=write.request_id,
+            model_name=write.row["model_name"],
+            region=write.row["region"],
+            input_tokens=write.row["prompt_tokens"],
+            max_output_tokens=write.max_output_tokens,
+            at=write.now,
+        )
+        with org_scope(write.organization.pk):
+            InferenceRequest.objects.create(organization=write.organization, api_key=write.api_key, **{
+                k: v for k, v in write.row.items() if k not in {"organization_id", "api_key_id"}
+            })  # fmt: skip
+        write.outbox.save()
+        audit_record(
+            actor=Actor(user_id=None, label=write.actor_label),
+            action="inference.place",
+            target_type="inference_request",
+            target_id=write.request_id,
+            organization_id=write.organization.pk,
+            changes=write.audit_changes,
+        )
+
+
+# The same writes as one statement (PostgreSQL): `billing_hold_place` (billing migration 0008) and, only
+# when it placed the hold, the other four rows, in one round trip and one transaction. Every row is
+# written or none: a refusal of the hold writes nothing, and a duplicate idempotency key fails the whole
+# statement on its unique constraint.
+_REQUEST_COLUMNS = (
+    "organization_id", "request_id", "api_key_id", "kind", "model_name", "region", "country", "host_id",
+    "accelerator_class", "workload", "stream", "choices_n", "prompt_tokens", "max_tokens", "reserved_tokens",
+    "deadline_at", "placement_reasons", "retention_days", "timings",
+)  # fmt: skip
+_JSON_COLUMNS = frozenset({"placement_reasons", "timings"})
+_CENTRAL_WRITE = """
+WITH hold AS MATERIALIZED (
+    SELECT p.outcome, p.detail
+      FROM billing_hold_place(%(organization_id)s, %(request_id)s, %(model_name)s, %(region)s, %(prompt_tokens)s,
+                              %(max_output_tokens)s, %(now)s) p
+), placed AS (
+    SELECT 1 FROM hold WHERE hold.outcome = 'placed'
+), idempotency AS (
+    INSERT INTO inference_idempotencykey
+        (created_at, updated_at, organization_id, key, endpoint, body_sha256, request_id, region, expires_at)
+    SELECT %(now)s, %(now)s, %(organization_id)s, %(idempotency_key)s, %(endpoint)s, %(fingerprint)s,
+           %(request_id)s, %(region)s, %(idempotency_expires_at)s
+      FROM placed WHERE %(idempotency_key)s::text IS NOT NULL
+), request AS (
+    INSERT INTO inference_inferencerequest
+        (created_at, updated_at, status, completion_tokens, delivered_tokens, finish_reason, attempts, worker,
+         error_code, error_message, organization_id, request_id, api_key_id, kind, model_name, region, country,
+         host_id, accelerator_class, workload, stream, choices_n, prompt_tokens, max_tokens, reserved_tokens,
+         deadline_at, placement_reasons, retention_days, timings)
+    SELECT %(now)s, %(now)s, 'queued', 0, 0, '', 0, '', '', '', %(organization_id)s, %(request_id)s, %(api_key_id)s,
+           %(kind)s, %(model_name)s, %(region)s, %(country)s, %(host_id)s, %(accelerator_class)s, %(workload)s,
+           %(stream)s, %(choices_n)s, %(prompt_tokens)s, %(max_tokens)s, %(reserved_tokens)s, %(deadline_at)s,
+           %(placement_reasons)s::jsonb, %(retention_days)s, %(timings)s::jsonb
+      FROM placed
+), outbox AS (
+    INSERT INTO inference_outboxmessage (created_at, updated_at, request_id, task_name, queue, kwargs, send_attempts)
+    SELECT %(now)s, %(now)s, %(request_id)s, %(task_name)s, %(queue)s, %(kwargs)s::jsonb, 0 FROM placed
+    RETURNING id
+), audit AS (
+    INSERT INTO core_auditevent
+        (created_at, updated_at, actor_label, organization_id, action, target_type, target_id, changes, request_id)
+    SELECT %(now)s, %(now)s, %(actor_label)s, %(organization_id)s, 'inference.place', 'inference_request',
+           %(request_id)s, %(audit_changes)s::jsonb, %(log_request_id)s
+      FROM placed
+)
+SELECT hold.outcome, hold.detail, (SELECT outbox.id FROM outbox) FROM hold
+"""
+_CENTRAL_WRITE_TYPES = {
+    **dict.fromkeys(
+        ("organization_id", "max_output_tokens", "api_key_id", "host_id", "prompt_tokens", "reserved_tokens"), "bigint"
+    ),
+    **dict.fromkeys(("choices_n", "max_tokens", "retention_days"), "integer"),
+    **dict.fromkeys(("now", "idempotency_expires_at", "deadline_at"), "timestamptz"),
+    **dict.fromkeys(("placement_reasons", "timings", "kwargs", "audit_changes"), "jsonb"),
+    **dict.fromkeys(
+        (
+            "request_id",
+            "model_name",
+            "region",
+            "idempotency_key",
+            "endpoint",
+            "fingerprint",
+            "kind",
+            "country",
+            "accelerator_class",
+            "workload",
+            "task_name",
+            "queue",
+            "actor_label",
+            "log_request_id",
+        ),
+        "text",
+    ),
+    "stream": "boolean",
+}
+_CENTRAL_WRITE_STATEMENT = Prepared("inference_central_write", _CENTRAL_WRITE, _CENTRAL_WRITE_TYPES)
+
+
+def _central_write_in_database(write: CentralWrite) -> None:
+    billing_services.hold_place_check(
+        request_id=write.request_id, input_tokens=write.row["prompt_tokens"],
+        max_output_tokens=write.max_output_tokens, at=write.now,
+    )  # fmt: skip
+    params: dict[str, Any] = {
+        **{c: json.dumps(write.row[c]) if c in _JSON_COLUMNS else write.row[c] for c in _REQUEST_COLUMNS},
+        "max_output_tokens": write.max_output_tokens,
+        "now": write.now,
+        "idempotency_key": write.idempotency_key,
+        "endpoint": write.endpoint,
+        "fingerprint": write.fingerprint,
+        "idempotency_expires_at": write.now + timedelta(seconds=settings.IDEMPOTENCY_TTL_S),
+        "task_name": write.outbox.task_name,
+        "queue": write.outbox.queue,
+        "kwargs": json.dumps(write.outbox.kwargs),
+        "actor_label": write.actor_label[:200],
+        "audit_changes": json.dumps(write.audit_changes),
+        "log_request_id": current_request_id.get(),
+    }
+    try:
+        # a savepoint only inside a caller's transaction (outside one the statement is its own)
+        with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+            outcome, detail, outbox_id = _CENTRAL_WRITE_STATEMENT.execute(cursor, params).fetchone()
+    except IntegrityError as exc:
+        constraint = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)
+        if constraint == "idempotency_key_per_org":
+            raise write.idempotency_in_progress() from None
+        raise
+    if outcome != "placed":
+        raise billing_services.hold_refusal(outcome=outcome, detail=detail, request_id=write.request_id)
+    write.outbox.pk = outbox_id
 
 
 # --- dispatch ----------------------------------------------------------------------------------------
@@ -618,6 +806,56 @@ def _producer() -> Any:
     return app
 
 
+@lru_cache(maxsize=4)
+def _broker_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+_ORIGIN = f"{socket.gethostname()}:{os.getpid()}"
+_NO_CALLBACKS = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def task_message(*, task_name: str, kwargs: dict[str, Any], queue: str) -> dict[str, Any]:
+    """A task message as Celery's `send_task` writes it to a Redis broker (message protocol 2, JSON body,
+    kombu's Redis envelope), for a task run by name with keyword arguments and nothing else: no result,
+    no countdown, no callbacks."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps([[], kwargs, _NO_CALLBACKS]).encode()
+    headers = {
+        "lang": "py", "task": task_name, "id": task_id, "shadow": None, "eta": None, "expires": None,
+        "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
+        "parent_id": None, "argsrepr": "()", "kwargsrepr": repr(kwargs), "origin": _ORIGIN, "ignore_result": True,
+        "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
+    }  # fmt: skip
+    return {
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+
+
+def task_publish(*, task_name: str, kwargs: dict[str, Any], queue: str) -> None:
+    """Enqueues a task for the workers. On a Redis broker the message is pushed onto the queue's list
+    directly, one LPUSH (as kombu's Redis transport does for priority 0): Celery's `send_task` took about
+    1.2 ms of CPU per message on admission's path, this about 0.1. Other brokers go through Celery."""
+    url = settings.CELERY_BROKER_URL
+    if url.startswith(("redis://", "rediss://")):
+        message = task_message(task_name=task_name, kwargs=kwargs, queue=queue)
+        _broker_client(url).lpush(queue, json.dumps(message))
+        return
+    _producer().send_task(task_name, kwargs=kwargs, queue=queue)
+
+
 def outbox_send(*, outbox_id: int, message: OutboxMessage | None = None, mark: bool = True) -> bool:
     """Publishes one outbox message (read from the database unless given) and, with `mark`, marks it
     sent; a failure leaves it for the relay."""
@@ -626,7 +864,7 @@ def outbox_send(*, outbox_id: int, message: OutboxMessage | None = None, mark: b
         if message is None:
             return False
     try:
-        _producer().send_task(message.task_name, kwargs=message.kwargs, queue=message.queue)
+        task_publish(task_name=message.task_name, kwargs=message.kwargs, queue=message.queue)
     except Exception:
         OutboxMessage.objects.filter(pk=outbox_id).update(send_attempts=F("send_attempts") + 1)
         logger.exception("outbox send failed; the relay will retry", extra={"request": message.request_id})

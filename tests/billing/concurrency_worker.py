@@ -41,6 +41,9 @@ def run(job: dict[str, Any], barrier: Any, results: Any) -> None:
             return rows
 
         locks.organization_lock = no_lock  # the control replaces the lock
+        # on PostgreSQL placement is one statement that takes the lock itself (billing_hold_place): the
+        # control runs the same steps in Python, where the lock can be taken away
+        services._hold_place_in_database = services._hold_place_here
         services._grants_in_burn_order = slow_read  # and widens the race window
         from billing import budgets
 
