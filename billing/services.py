@@ -684,7 +684,7 @@ def _hold_place_in_database(
     *, organization: Organization, request_id: str, model_name: str, region: str, input_tokens: int,
     max_output_tokens: int, at: datetime,
 ) -> CreditHold:  # fmt: skip
-    arguments = [organization.pk, request_id, model_name, region, input_tokens, max_output_tokens, at]
+    arguments: list[Any] = [organization.pk, request_id, model_name, region, input_tokens, max_output_tokens, at]
     try:
         # a savepoint only inside a caller's transaction (outside one the statement is its own)
         with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:

@@ -821,7 +821,7 @@ def task_message(*, task_name: str, kwargs: dict[str, Any], queue: str) -> dict[
     no countdown, no callbacks."""
     task_id = str(uuid.uuid4())
     body = json.dumps([[], kwargs, _NO_CALLBACKS]).encode()
-    headers = {
+    headers: dict[str, Any] = {
         "lang": "py", "task": task_name, "id": task_id, "shadow": None, "eta": None, "expires": None,
         "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
         "parent_id": None, "argsrepr": "()", "kwargsrepr": repr(kwargs), "origin": _ORIGIN, "ignore_result": True,
