@@ -167,7 +167,8 @@ def test_the_published_message_is_the_one_celery_writes(monkeypatch: pytest.Monk
     kwargs = {"region": "dxb", "request_id": "req_publish", "attempt": 1}
     admission.task_publish(task_name=admission.TASK_RUN, kwargs=kwargs, queue=queue)
     admission._producer().send_task(admission.TASK_RUN, kwargs=kwargs, queue=queue)
-    ours, celery = (json.loads(raw) for raw in reversed(client.lrange(queue, 0, -1)))
+    pushed: list[bytes] = client.lrange(queue, 0, -1)  # type: ignore[assignment]  # a sync client
+    ours, celery = (json.loads(raw) for raw in reversed(pushed))
     client.delete(queue)
     assert json.loads(base64.b64decode(ours["body"])) == json.loads(base64.b64decode(celery["body"]))
     for message in (ours, celery):
