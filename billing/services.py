@@ -845,9 +845,16 @@ def _hold_settle_in_database(
         cursor.execute(_SETTLE_EXECUTE, [request_id, organization_id, input_tokens, output_tokens, api_key_id, at])
         row = cursor.fetchone()
     outcome, values = row[0], row[1:]
+    settle_outcome_check(outcome=outcome, request_id=request_id, organization_id=organization_id)
+    entry: LedgerEntry = LedgerEntry.from_db(connection.alias, list(_ENTRY_FIELDS), list(values))
+    return entry
+
+
+def settle_outcome_check(*, outcome: str, request_id: str, organization_id: int | None) -> None:
+    """Raises what `hold_settle` raises for a `billing_hold_settle` outcome that settled nothing (a caller
+    that calls the function in a statement of its own checks its outcome with this)."""
     if outcome in {"settled", "settled_before"}:
-        entry: LedgerEntry = LedgerEntry.from_db(connection.alias, list(_ENTRY_FIELDS), list(values))
-        return entry
+        return
     if outcome == "hold_not_found":
         raise NotFound(f"No hold for request {request_id}.", code="hold_not_found")
     if outcome == "hold_released":

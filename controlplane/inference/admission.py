@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import redis
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -33,7 +33,7 @@ from controlplane.core import hotcache
 from controlplane.core.errors import Conflict, DomainError, NotFound, PermissionDenied, RateLimited, ServiceUnavailable
 from controlplane.core.logging import current_request_id
 from controlplane.core.prepared import Prepared
-from controlplane.core.regions import REGIONS, region_queue
+from controlplane.core.regions import REGIONS, region_db_alias, region_queue
 from controlplane.core.scoping import org_scope
 from controlplane.core.services import Actor, audit_record
 from controlplane.fleet.artifacts import artifact_local_path
@@ -165,8 +165,13 @@ def allowed_regions(policy: ResidencyPolicy | None) -> frozenset[str]:
     """Regions whose country or zone the policy names; an absent or empty policy allows nothing."""
     if policy is None:
         return frozenset()
-    countries, zones = set(policy.allowed_countries), set(policy.allowed_zones)
-    return frozenset(r.code for r in REGIONS if r.country in countries or zones.intersection(r.zones))
+    return regions_allowed_by(countries=policy.allowed_countries, zones=policy.allowed_zones)
+
+
+def regions_allowed_by(*, countries: list[str], zones: list[str]) -> frozenset[str]:
+    """Regions in one of the countries or zones (a policy's two lists)."""
+    country_set, zone_set = set(countries), set(zones)
+    return frozenset(r.code for r in REGIONS if r.country in country_set or zone_set.intersection(r.zones))
 
 
 def residency_policy(organization: Organization) -> ResidencyPolicy | None:
@@ -565,10 +570,8 @@ def _request_admit(
     published: list[bool] = []
     try:
         # write order (DESIGN section 3): regional content first, then index + outbox in one transaction
-        RequestContent.objects.using(region_alias).create(
-            region=region, request_id=request_id, organization_id=organization.pk, body=content, salt=salt,
-            expires_at=expires,
-        )  # fmt: skip
+        _content_write(region=region, request_id=request_id, organization_id=organization.pk, body=content, salt=salt,
+                       expires_at=expires)  # fmt: skip
         if connection.vendor == "postgresql":
             _central_write_in_database(write)
         else:
@@ -608,6 +611,36 @@ def _request_admit(
         timings=timings,
         outbox_unmarked=write.outbox.pk if published and published[0] else None,
     )
+
+
+# --- the regional content ------------------------------------------------------------------------------
+
+_CONTENT_TYPES = {"region": "text", "request_id": "text", "organization_id": "bigint", "body": "jsonb", "salt": "text",
+                  "expires_at": "timestamptz"}  # fmt: skip
+_CONTENT_WRITE = Prepared(
+    "inference_content_write",
+    "INSERT INTO inference_requestcontent (region, created_at, request_id, organization_id, body, salt, expires_at) "
+    "VALUES (%(region)s, now(), %(request_id)s, %(organization_id)s, %(body)s, %(salt)s, %(expires_at)s)",
+    _CONTENT_TYPES,
+)
+
+
+def _content_write(
+    *, region: str, request_id: str, organization_id: int, body: dict[str, Any], salt: str, expires_at: datetime
+) -> None:
+    """The request's content, in its region's store only (`region_db_alias`; on PostgreSQL one prepared
+    statement, elsewhere the model's save, which checks the same)."""
+    store = connections[region_db_alias(region)]
+    if store.vendor != "postgresql":
+        RequestContent.objects.using(store.alias).create(
+            region=region, request_id=request_id, organization_id=organization_id, body=body, salt=salt,
+            expires_at=expires_at,
+        )  # fmt: skip
+        return
+    params = {"region": region, "request_id": request_id, "organization_id": organization_id,
+              "body": json.dumps(body), "salt": salt, "expires_at": expires_at}  # fmt: skip
+    with store.cursor() as cursor:
+        _CONTENT_WRITE.execute(cursor, params, using=store.alias)
 
 
 # --- the central write -------------------------------------------------------------------------------

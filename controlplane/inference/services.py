@@ -10,15 +10,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from billing import services as billing_services
+from controlplane.core.prepared import Prepared
 from controlplane.core.regions import region_db_alias, region_queue
 from controlplane.core.scoping import org_scope
 from controlplane.inference import quota, streams
-from controlplane.inference.admission import TASK_RUN, allowed_regions, outbox_send, quota_client
+from controlplane.inference.admission import TASK_RUN, allowed_regions, outbox_send, quota_client, regions_allowed_by
 from controlplane.inference.models import InferenceRequest, OutboxMessage, RequestContent
 from controlplane.inference.receipts import content_hmac, receipt_sign
 from tenants.models import ResidencyPolicy
@@ -39,6 +40,11 @@ class ClaimedRequest:
     prompt_tokens: int
     content: dict[str, Any]
     salt: str = ""  # the content's per-request salt (hex), for the receipt's HMACs at completion
+    # the receipt's other claims and the completion's choice of what to keep (set by `request_claim`)
+    country: str = ""
+    accelerator_class: str = ""
+    created_at: datetime | None = None
+    retention_days: int = 0
 
 
 def _requests() -> Any:
@@ -47,51 +53,115 @@ def _requests() -> Any:
 
 def request_claim(*, request_id: str, region: str, attempt: int, worker: str) -> ClaimedRequest | None:
     """Marks a queued request running under this worker's lease. A stale or duplicate delivery (a
-    message of an earlier attempt, or one the reaper already re-sent) claims nothing and is dropped."""
+    message of an earlier attempt, or one the reaper already re-sent) claims nothing and is dropped.
+
+    Residency is checked again here: a policy narrowed after admission wins. On PostgreSQL the claim, the
+    request's fields and its organisation's policy are one statement, and the content one more in the
+    region's store."""
     now = timezone.now()
-    claimed = (
-        _requests()
-        .filter(request_id=request_id, region=region, status=Status.QUEUED, attempts=attempt - 1)
-        .update(
-            status=Status.RUNNING,
-            attempts=attempt,
-            worker=worker[:120],
-            lease_expires_at=now + timedelta(seconds=settings.REQUEST_LEASE_S),
-            started_at=now,
+    lease = now + timedelta(seconds=settings.REQUEST_LEASE_S)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            found = _CLAIM.execute(cursor, {
+                "request_id": request_id, "region": region, "attempt": attempt, "previous": attempt - 1,
+                "worker": worker[:120], "lease": lease, "now": now,
+            }).fetchone()  # fmt: skip
+        if found is None:
+            return None
+        (organization_id, kind, model_name, stream, prompt_tokens, country, accelerator_class, created_at,
+         retention_days, countries, zones) = found  # fmt: skip
+        allowed = regions_allowed_by(countries=_jsonb(countries) or [], zones=_jsonb(zones) or [])
+        store = connections[region_db_alias(region)]
+        with store.cursor() as cursor:
+            content_row = _CONTENT.execute(cursor, {"request_id": request_id}, using=store.alias).fetchone()
+        body, salt = (_jsonb(content_row[0]), content_row[1]) if content_row else (None, "")
+    else:
+        claimed = (
+            _requests()
+            .filter(request_id=request_id, region=region, status=Status.QUEUED, attempts=attempt - 1)
+            .update(
+                status=Status.RUNNING, attempts=attempt, worker=worker[:120], lease_expires_at=lease, started_at=now
+            )
         )
-    )
-    if not claimed:
-        return None
-    row = _requests().get(request_id=request_id)
-    if not _region_still_allowed(organization_id=row.organization_id, region=region):
+        if not claimed:
+            return None
+        row = _requests().get(request_id=request_id)
+        organization_id, kind, model_name, stream, prompt_tokens = (
+            row.organization_id, row.kind, row.model_name, row.stream, row.prompt_tokens
+        )  # fmt: skip
+        country, accelerator_class, created_at, retention_days = (
+            row.country, row.accelerator_class, row.created_at, row.retention_days
+        )  # fmt: skip
+        allowed = _regions_allowed_now(organization_id=organization_id)
+        content = RequestContent.objects.using(region_db_alias(region)).filter(request_id=request_id).first()
+        body, salt = (content.body, content.salt) if content is not None else (None, "")
+    if region not in allowed:
         request_fail(
             request_id=request_id, code="region_no_longer_allowed",
             message="the residency policy no longer allows this request's region", status=Status.CANCELLED,
         )  # fmt: skip
         return None
-    content = RequestContent.objects.using(region_db_alias(region)).filter(request_id=request_id).first()
-    if content is None or content.body is None:
+    if body is None:
         request_fail(request_id=request_id, code="content_missing", message="the request's content is gone")
         return None
     return ClaimedRequest(
         request_id=request_id,
-        organization_id=row.organization_id,
+        organization_id=organization_id,
         region=region,
-        kind=row.kind,
-        model_name=row.model_name,
-        stream=row.stream,
+        kind=kind,
+        model_name=model_name,
+        stream=stream,
         attempt=attempt,
-        prompt_tokens=row.prompt_tokens,
-        content=content.body,
-        salt=content.salt,
+        prompt_tokens=prompt_tokens,
+        content=body,
+        salt=salt,
+        country=country,
+        accelerator_class=accelerator_class,
+        created_at=created_at,
+        retention_days=retention_days,
     )
 
 
-def _region_still_allowed(*, organization_id: int, region: str) -> bool:
-    """Residency is checked again when work starts: a policy narrowed after admission wins."""
+# The claim (PostgreSQL): the queued row of this attempt becomes running, and the fields the worker needs
+# come back with its organisation's residency policy (none: no region is allowed).
+_CLAIM = Prepared(
+    "inference_request_claim",
+    """
+UPDATE inference_inferencerequest r
+   SET status = 'running', attempts = %(attempt)s, worker = %(worker)s, lease_expires_at = %(lease)s,
+       started_at = %(now)s
+ WHERE r.request_id = %(request_id)s AND r.region = %(region)s AND r.status = 'queued' AND r.attempts = %(previous)s
+RETURNING r.organization_id, r.kind, r.model_name, r.stream, r.prompt_tokens, r.country, r.accelerator_class,
+          r.created_at, r.retention_days,
+          (SELECT p.allowed_countries FROM tenants_residencypolicy p WHERE p.organization_id = r.organization_id),
+          (SELECT p.allowed_zones FROM tenants_residencypolicy p WHERE p.organization_id = r.organization_id)
+""",
+    {
+        "attempt": "integer",
+        "previous": "integer",
+        "worker": "text",
+        "lease": "timestamptz",
+        "now": "timestamptz",
+        "request_id": "text",
+        "region": "text",
+    },
+)
+_CONTENT = Prepared(
+    "inference_request_content",
+    "SELECT c.body, c.salt FROM inference_requestcontent c WHERE c.request_id = %(request_id)s",
+    {"request_id": "text"},
+)
+
+
+def _jsonb(value: Any) -> Any:
+    """A jsonb column read through Django's cursor: text (Django decodes JSON fields itself) or decoded."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _regions_allowed_now(*, organization_id: int) -> frozenset[str]:
     with org_scope(organization_id):
         policy = ResidencyPolicy.objects.filter(organization_id=organization_id).first()
-    return region in allowed_regions(policy)
+    return allowed_regions(policy)
 
 
 def request_lease_renew(*, request_id: str, attempt: int) -> bool:
@@ -108,6 +178,31 @@ def request_first_token(*, request_id: str, attempt: int, at: datetime | None = 
     """Records when the attempt produced its first token (`at`: the engine's moment, not this write's)."""
     _requests().filter(request_id=request_id, attempts=attempt, first_token_at__isnull=True).update(
         first_token_at=at or timezone.now()
+    )
+
+
+def _receipt_sign(
+    claimed: ClaimedRequest, *, completion_tokens: int, input_hmac: str, output_hmac: str, completed: datetime
+) -> dict[str, Any]:
+    """The receipt from what the worker claimed (the same claims as `_receipt` reads from the row)."""
+    if claimed.created_at is None:
+        raise ValueError("the claim carries no creation time")
+    return receipt_sign(
+        claims={
+            "request_id": claimed.request_id,
+            "organization": claimed.organization_id,
+            "model": claimed.model_name,
+            "region": claimed.region,
+            "country": claimed.country,
+            "accelerator_class": claimed.accelerator_class,
+            "backend": "cpu",
+            "created": claimed.created_at.isoformat(),
+            "completed": completed.isoformat(),
+            "input_hmac": input_hmac,
+            "output_hmac": output_hmac,
+            "input_tokens": claimed.prompt_tokens,
+            "output_tokens": completion_tokens,
+        }
     )
 
 
@@ -155,14 +250,52 @@ def request_complete(
     output: bytes,
     timings: dict[str, float],
     claimed: ClaimedRequest | None = None,
+    defer_quota: bool = False,
 ) -> dict[str, Any] | None:
     """Settles a finished request exactly once: ledger entry, hold capture, status, receipt, in one
     central transaction; stores the response in the region (unless retention is 0). Returns the
     receipt, or None when this attempt no longer owns the request (nothing is written then).
 
-    The worker passes what it claimed: the receipt's HMACs then come from the content it already
-    holds instead of a second read of the regional store."""
+    The worker passes what it claimed: the receipt then comes from what it already holds (the content
+    for the HMACs, the request's fields) and, on PostgreSQL, the row's lock, the settlement and the row's
+    completion are one statement. With `defer_quota` the quota's reservation is settled by the caller
+    (`request_quota_settle`, once the answer is on its way) instead of at commit."""
     now = timezone.now()
+    if claimed is not None and claimed.request_id == request_id and connection.vendor == "postgresql":
+        done = _request_complete_in_database(
+            claimed=claimed, attempt=attempt, completion_tokens=completion_tokens, finish_reason=finish_reason,
+            response=response, output=output, timings=timings, now=now,
+        )  # fmt: skip
+    else:
+        done = _request_complete_here(
+            request_id=request_id, attempt=attempt, completion_tokens=completion_tokens, finish_reason=finish_reason,
+            response=response, output=output, timings=timings, claimed=claimed, now=now,
+        )  # fmt: skip
+    if done is None:
+        return None
+    receipt, organization_id, region, total = done
+    if not defer_quota:
+        transaction.on_commit(
+            lambda: _quota_settle(org_id=organization_id, region=region, request_id=request_id, tokens=total)
+        )
+    return receipt
+
+
+def request_quota_settle(*, claimed: ClaimedRequest, completion_tokens: int) -> None:
+    """The quota step of a completion made with `defer_quota`: the reservation becomes the actual tokens."""
+    _quota_settle(org_id=claimed.organization_id, region=claimed.region, request_id=claimed.request_id,
+                  tokens=claimed.prompt_tokens + completion_tokens)  # fmt: skip
+
+
+_Completed = tuple[dict[str, Any], int, str, int]  # receipt, organisation, region, tokens in all
+
+
+def _request_complete_here(
+    *, request_id: str, attempt: int, completion_tokens: int, finish_reason: str, response: dict[str, Any],
+    output: bytes, timings: dict[str, float], claimed: ClaimedRequest | None, now: datetime,
+) -> _Completed | None:  # fmt: skip
+    """The completion through the ORM (SQLite, callers without the claim; on PostgreSQL a test compares it
+    with `_request_complete_in_database`)."""
     with transaction.atomic():
         row = (
             _requests()
@@ -203,15 +336,82 @@ def request_complete(
             ]
         )  # fmt: skip
         if held:
-            store = RequestContent.objects.using(region_db_alias(row.region)).filter(request_id=request_id)
-            if row.retention_days:
-                store.update(completion={"response": response, "status": 200})
-            else:
-                # retention 0: nothing of the content stays; the salt stays for the receipt
-                store.update(body=None)
-        org_id, region, total = row.organization_id, row.region, row.prompt_tokens + completion_tokens
-        transaction.on_commit(lambda: _quota_settle(org_id=org_id, region=region, request_id=request_id, tokens=total))
-    return receipt
+            _completion_store(request_id=request_id, region=row.region, retention_days=row.retention_days,
+                              response=response)  # fmt: skip
+    return receipt, row.organization_id, row.region, row.prompt_tokens + completion_tokens
+
+
+def _completion_store(*, request_id: str, region: str, retention_days: int, response: dict[str, Any]) -> None:
+    store = RequestContent.objects.using(region_db_alias(region)).filter(request_id=request_id)
+    if retention_days:
+        store.update(completion={"response": response, "status": 200})
+    else:
+        # retention 0: nothing of the content stays; the salt stays for the receipt
+        store.update(body=None)
+
+
+# The completion (PostgreSQL): lock the running row of this attempt, settle it (`billing_hold_settle`),
+# then complete the row with the receipt and the ledger entry's id; nothing when the attempt no longer owns
+# the request. `updated_at` is the moment the row is completed, after the settlement.
+_COMPLETE = Prepared(
+    "inference_request_complete",
+    """
+WITH request AS MATERIALIZED (
+    SELECT r.id, r.organization_id, r.prompt_tokens, r.api_key_id
+      FROM inference_inferencerequest r
+     WHERE r.request_id = %(request_id)s AND r.status = 'running' AND r.attempts = %(attempt)s
+       FOR UPDATE
+), settled AS MATERIALIZED (
+    SELECT request.id, s.outcome, (s.entry).id AS entry_id
+      FROM request, billing_hold_settle(%(request_id)s, request.organization_id, request.prompt_tokens::bigint,
+                                        %(completion_tokens)s, request.api_key_id, %(now)s) s
+), completed AS (
+    UPDATE inference_inferencerequest r
+       SET status = 'completed', finish_reason = %(finish_reason)s, completed_at = %(now)s, lease_expires_at = NULL,
+           receipt = %(receipt)s, completion_tokens = %(completion_tokens)s, updated_at = clock_timestamp(),
+           timings = r.timings || %(timings)s || jsonb_build_object('ledger_entry', settled.entry_id)
+      FROM settled
+     WHERE r.id = settled.id AND settled.outcome IN ('settled', 'settled_before')
+)
+SELECT settled.outcome FROM settled
+""",
+    {
+        "request_id": "text",
+        "attempt": "integer",
+        "completion_tokens": "bigint",
+        "now": "timestamptz",
+        "finish_reason": "text",
+        "receipt": "jsonb",
+        "timings": "jsonb",
+    },
+)
+
+
+def _request_complete_in_database(
+    *, claimed: ClaimedRequest, attempt: int, completion_tokens: int, finish_reason: str, response: dict[str, Any],
+    output: bytes, timings: dict[str, float], now: datetime,
+) -> _Completed | None:  # fmt: skip
+    salt = bytes.fromhex(claimed.salt)
+    receipt = _receipt_sign(
+        claimed, completion_tokens=completion_tokens, completed=now,
+        input_hmac=content_hmac(salt=salt, data=_canonical(claimed.content.get("request"))),
+        output_hmac=content_hmac(salt=salt, data=output),
+    )  # fmt: skip
+    params = {
+        "request_id": claimed.request_id, "attempt": attempt, "completion_tokens": completion_tokens, "now": now,
+        "finish_reason": finish_reason[:16], "receipt": json.dumps(receipt), "timings": json.dumps(timings),
+    }  # fmt: skip
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            found = _COMPLETE.execute(cursor, params).fetchone()
+        if found is None:
+            return None
+        billing_services.settle_outcome_check(
+            outcome=found[0], request_id=claimed.request_id, organization_id=claimed.organization_id
+        )
+        _completion_store(request_id=claimed.request_id, region=claimed.region,
+                          retention_days=claimed.retention_days, response=response)  # fmt: skip
+    return receipt, claimed.organization_id, claimed.region, claimed.prompt_tokens + completion_tokens
 
 
 def _quota_settle(*, org_id: int, region: str, request_id: str, tokens: int) -> None:

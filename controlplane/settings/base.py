@@ -44,14 +44,15 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "controlplane.core.middleware.RequestIdMiddleware",
     "controlplane.core.middleware.BodySizeLimitMiddleware",
-    "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Django's own, run without thread hops under ASGI (see the module)
+    "controlplane.core.middleware.SecurityMiddleware",
+    "controlplane.core.middleware.StaticFilesMiddleware",
+    "controlplane.core.middleware.SessionMiddleware",
+    "controlplane.core.middleware.CommonMiddleware",
+    "controlplane.core.middleware.CsrfViewMiddleware",
+    "controlplane.core.middleware.AuthenticationMiddleware",
+    "controlplane.core.middleware.MessageMiddleware",
+    "controlplane.core.middleware.XFrameOptionsMiddleware",
     "controlplane.core.middleware.MetricsMiddleware",
 ]
 
