@@ -174,7 +174,7 @@ def _finish(claimed: services.ClaimedRequest, job: Job, queued_at: float) -> str
     receipt = services.request_complete(
         request_id=claimed.request_id, attempt=claimed.attempt, completion_tokens=completion_tokens,
         finish_reason=finish_reason, response=response, output=output_bytes, timings=timings, claimed=claimed,
-        defer_quota=True,
+        after_answer=True,
     )  # fmt: skip
     if receipt is None:
         return "superseded"
@@ -192,7 +192,6 @@ def _finish(claimed: services.ClaimedRequest, job: Job, queued_at: float) -> str
             "timings": timings,
         },
     )
-    # the quota's reservation becomes the actual tokens once the answer is on its way (a failure here
-    # leaves the reservation to expire with its window: admission stays metered)
-    services.request_quota_settle(claimed=claimed, completion_tokens=completion_tokens)
+    # once the answer is on its way: the response kept in the region, the quota's reservation settled
+    services.request_after_answer(claimed=claimed, response=response, completion_tokens=completion_tokens)
     return "completed"

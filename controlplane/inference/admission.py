@@ -308,6 +308,11 @@ def _idempotent_replay(
         )
     content = RequestContent.objects.using(_region_alias(record.region)).filter(request_id=record.request_id).first()
     stored = content.completion if content is not None else None
+    if (not stored or "response" not in stored) and _completion_pending(request, now):
+        raise Conflict(
+            "The response of this Idempotency-Key is being stored; retry shortly.",
+            code="idempotent_request_in_progress",
+        )
     if not stored or "response" not in stored:
         raise Conflict(
             "The response of this Idempotency-Key was not retained (the organisation keeps no content); "
@@ -315,6 +320,20 @@ def _idempotent_replay(
             code="idempotent_response_not_retained",
         )
     return {"status": stored.get("status", 200), "body": stored["response"], "request_id": record.request_id}
+
+
+COMPLETION_STORE_GRACE_S = 30
+
+
+def _completion_pending(request: InferenceRequest, now: datetime) -> bool:
+    """A completed request whose response the worker stores in the region just after answering (see
+    `services.request_after_answer`): for a few seconds a replay may arrive before it is stored."""
+    return (
+        request.status == InferenceRequest.Status.COMPLETED
+        and request.retention_days > 0
+        and request.completed_at is not None
+        and now - request.completed_at < timedelta(seconds=COMPLETION_STORE_GRACE_S)
+    )
 
 
 def _region_alias(region: str) -> str:

@@ -250,7 +250,7 @@ def request_complete(
     output: bytes,
     timings: dict[str, float],
     claimed: ClaimedRequest | None = None,
-    defer_quota: bool = False,
+    after_answer: bool = False,
 ) -> dict[str, Any] | None:
     """Settles a finished request exactly once: ledger entry, hold capture, status, receipt, in one
     central transaction; stores the response in the region (unless retention is 0). Returns the
@@ -258,8 +258,10 @@ def request_complete(
 
     The worker passes what it claimed: the receipt then comes from what it already holds (the content
     for the HMACs, the request's fields) and, on PostgreSQL, the row's lock, the settlement and the row's
-    completion are one statement. With `defer_quota` the quota's reservation is settled by the caller
-    (`request_quota_settle`, once the answer is on its way) instead of at commit."""
+    completion are one statement, its own transaction. The response is stored in the region after the
+    central commit (only the attempt that owns the request gets there), and the quota's reservation
+    settled; with `after_answer` the caller does both once the answer is on its way
+    (`request_after_answer`)."""
     now = timezone.now()
     if claimed is not None and claimed.request_id == request_id and connection.vendor == "postgresql":
         done = _request_complete_in_database(
@@ -273,21 +275,37 @@ def request_complete(
         )  # fmt: skip
     if done is None:
         return None
-    receipt, organization_id, region, total = done
-    if not defer_quota:
-        transaction.on_commit(
-            lambda: _quota_settle(org_id=organization_id, region=region, request_id=request_id, tokens=total)
-        )
+    receipt, organization_id, region, total, retention_days = done
+    if not after_answer:
+
+        def after() -> None:
+            _after_answer(request_id=request_id, organization_id=organization_id, region=region,
+                          retention_days=retention_days, response=response, tokens=total)  # fmt: skip
+
+        transaction.on_commit(after)
     return receipt
 
 
-def request_quota_settle(*, claimed: ClaimedRequest, completion_tokens: int) -> None:
-    """The quota step of a completion made with `defer_quota`: the reservation becomes the actual tokens."""
-    _quota_settle(org_id=claimed.organization_id, region=claimed.region, request_id=claimed.request_id,
+def request_after_answer(*, claimed: ClaimedRequest, response: dict[str, Any], completion_tokens: int) -> None:
+    """What a completion made with `after_answer` leaves to its caller: the response stored in the region
+    (unless retention is 0: then the content is dropped) and the quota's reservation settled to the actual
+    tokens. A failure of either is logged: the answer is already out and billed."""
+    _after_answer(request_id=claimed.request_id, organization_id=claimed.organization_id, region=claimed.region,
+                  retention_days=claimed.retention_days, response=response,
                   tokens=claimed.prompt_tokens + completion_tokens)  # fmt: skip
 
 
-_Completed = tuple[dict[str, Any], int, str, int]  # receipt, organisation, region, tokens in all
+def _after_answer(
+    *, request_id: str, organization_id: int, region: str, retention_days: int, response: dict[str, Any], tokens: int
+) -> None:
+    try:
+        _completion_store(request_id=request_id, region=region, retention_days=retention_days, response=response)
+    except Exception:  # an idempotent replay then answers that the response was not retained
+        logger.exception("could not store the completion in its region", extra={"request": request_id})
+    _quota_settle(org_id=organization_id, region=region, request_id=request_id, tokens=tokens)
+
+
+_Completed = tuple[dict[str, Any], int, str, int, int]  # receipt, organisation, region, tokens in all, retention
 
 
 def _request_complete_here(
@@ -335,13 +353,14 @@ def _request_complete_here(
                 "completion_tokens", "updated_at",
             ]
         )  # fmt: skip
-        if held:
-            _completion_store(request_id=request_id, region=row.region, retention_days=row.retention_days,
-                              response=response)  # fmt: skip
-    return receipt, row.organization_id, row.region, row.prompt_tokens + completion_tokens
+    if not held:  # no content in the region (purged): nothing to store there either
+        return receipt, row.organization_id, row.region, row.prompt_tokens + completion_tokens, 0
+    return receipt, row.organization_id, row.region, row.prompt_tokens + completion_tokens, row.retention_days
 
 
 def _completion_store(*, request_id: str, region: str, retention_days: int, response: dict[str, Any]) -> None:
+    """The response kept in the region with its content (for idempotent replays and the request log), or,
+    with retention 0, the content dropped (the salt stays for the receipt)."""
     store = RequestContent.objects.using(region_db_alias(region)).filter(request_id=request_id)
     if retention_days:
         store.update(completion={"response": response, "status": 200})
@@ -401,17 +420,16 @@ def _request_complete_in_database(
         "request_id": claimed.request_id, "attempt": attempt, "completion_tokens": completion_tokens, "now": now,
         "finish_reason": finish_reason[:16], "receipt": json.dumps(receipt), "timings": json.dumps(timings),
     }  # fmt: skip
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            found = _COMPLETE.execute(cursor, params).fetchone()
-        if found is None:
-            return None
-        billing_services.settle_outcome_check(
-            outcome=found[0], request_id=claimed.request_id, organization_id=claimed.organization_id
-        )
-        _completion_store(request_id=claimed.request_id, region=claimed.region,
-                          retention_days=claimed.retention_days, response=response)  # fmt: skip
-    return receipt, claimed.organization_id, claimed.region, claimed.prompt_tokens + completion_tokens
+    # its own transaction (or part of the caller's): an outcome that settled nothing wrote nothing
+    with connection.cursor() as cursor:
+        found = _COMPLETE.execute(cursor, params).fetchone()
+    if found is None:
+        return None
+    billing_services.settle_outcome_check(
+        outcome=found[0], request_id=claimed.request_id, organization_id=claimed.organization_id
+    )
+    return (receipt, claimed.organization_id, claimed.region, claimed.prompt_tokens + completion_tokens,
+            claimed.retention_days)  # fmt: skip
 
 
 def _quota_settle(*, org_id: int, region: str, request_id: str, tokens: int) -> None:

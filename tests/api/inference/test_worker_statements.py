@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.db import connections
 from django.utils import timezone
 
 from billing.models import CreditHold, LedgerEntry
+from controlplane.core.errors import Conflict
 from controlplane.core.services import Actor
 from controlplane.inference import services
 from controlplane.inference.admission import request_admit
@@ -169,3 +171,40 @@ def test_the_completion_delivered_ten_times_at_once_counts_once(gulf: Customer) 
     assert (row.status, row.completion_tokens) == ("completed", 7)
     assert row.completed_at is not None
     assert row.completed_at <= timezone.now()
+
+
+def test_a_replay_before_the_response_is_stored_is_told_to_retry(gulf: Customer) -> None:
+    """The worker stores the response in the region just after answering (`after_answer`): an idempotent
+    replay in between is told to retry (409 in progress), not that nothing was retained; once stored, the
+    replay returns it, charged once."""
+    key = ApiKey.objects.unscoped_all_orgs().get(organization=gulf.organization)
+
+    def admit() -> Any:
+        return request_admit(
+            api_key=key, organization=gulf.organization, parsed=parse_generation(BODY, "chat"), raw_body=BODY,
+            region_header=None, idempotency_key="replay-key",
+        )  # fmt: skip
+
+    request_id = admit().request_id
+    claimed = services.request_claim(request_id=request_id, region="dxb", attempt=1, worker="w")
+    assert claimed is not None
+    assert services.request_complete(
+        request_id=request_id, attempt=1, completion_tokens=7, finish_reason="stop", response=RESPONSE,
+        output=b"seven tokens", timings={}, claimed=claimed, after_answer=True,
+    ) is not None  # fmt: skip
+    with pytest.raises(Conflict) as early:
+        admit()
+    assert early.value.code == "idempotent_request_in_progress"
+    services.request_after_answer(claimed=claimed, response=RESPONSE, completion_tokens=7)
+    replay = admit()
+    assert replay.replay is not None
+    assert (replay.request_id, replay.replay["body"]) == (request_id, RESPONSE)
+    # long after the completion, a missing response is one that was not kept
+    RequestContent.objects.using("region_dxb").filter(request_id=request_id).update(completion=None)
+    InferenceRequest.objects.unscoped_all_orgs().filter(request_id=request_id).update(
+        completed_at=timezone.now() - timedelta(minutes=5)
+    )
+    with pytest.raises(Conflict) as late:
+        admit()
+    assert late.value.code == "idempotent_response_not_retained"
+    assert LedgerEntry.objects.unscoped_all_orgs().filter(request_id=request_id).count() == 1
