@@ -109,6 +109,7 @@ def test_the_statements_claim_and_complete_as_the_orm_does(gulf: Customer, orm_p
             request_id=slow, attempt=1, completion_tokens=7, finish_reason="stop", response=RESPONSE,
             output=b"seven tokens", timings={"generate_ms": 12.5},
         )  # fmt: skip
+    assert receipt_slow is not None
     assert _written(fast, receipt_fast) == _written(slow, receipt_slow)
     assert _written(fast, receipt_fast)["completion"] == {"response": RESPONSE, "status": 200}
 
