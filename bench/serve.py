@@ -14,6 +14,9 @@ official `openai` client (no retries) from this process.
 - gateway anchor: the LiteLLM proxy (pinned, installed into its own virtualenv under var/) in front of that
   llama.cpp server. Its added latency is measured paired: at concurrency 1 the requests alternate between
   llama.cpp direct, the proxy and ours (rotating order), `max_tokens=1`; per round, proxy minus direct.
+- HTTP floor (context, not an anchor): `bench/null_server.py`, a server that answers every request at once,
+  in the same paired rounds: the client's own work and one loopback exchange, which our overhead includes
+  and LiteLLM's added latency does not.
 
 Measured: closed loops at concurrency 1, 8 and 32 (non-streamed: requests/s, output tokens/s, latency;
 streamed: time to first token), each target's requests in blocks alternating with the other's (ABBA) so that
@@ -955,6 +958,12 @@ def run(args: argparse.Namespace, plan: Plan) -> Results:
         ], base_env)  # fmt: skip
         llama_url = f"http://127.0.0.1:{llama_port}"
         wait_until(lambda: answers(f"{llama_url}/v1/models"), 90, "llama.cpp server did not start", processes)
+        null_port = free_port()  # the HTTP floor: the same client against a server that answers at once
+        processes.start("null-server", [str(BIN / "uvicorn"), "bench.null_server:app", "--host", "127.0.0.1",
+                                        "--port", str(null_port), "--log-level", "warning", "--no-access-log"],
+                        base_env)  # fmt: skip
+        null_url = f"http://127.0.0.1:{null_port}"
+        wait_until(lambda: answers(f"{null_url}/v1/models"), 60, "the null server did not start", processes)
 
         if litellm_bin is not None:
             phase("start LiteLLM proxy in front of llama.cpp server")
@@ -1042,8 +1051,10 @@ def run(args: argparse.Namespace, plan: Plan) -> Results:
             results.blocks.append(Block.merged(blocks))
             progress(block_line(results.blocks[-1]))
 
-        paired_targets = [t for t in (llama, proxy, ours) if t is not None]
-        phase(f"paired overhead: {plan.pairs} rounds of max_tokens=1 at concurrency 1 to {', '.join(names)}")
+        floor = Target("http-floor", f"{null_url}/v1", "none", "null", False, processes.sessions("null-server"))
+        paired_targets = [t for t in (llama, proxy, ours, floor) if t is not None]
+        phase(f"paired overhead: {plan.pairs} rounds of max_tokens=1 at concurrency 1 to "
+              f"{', '.join(t.name for t in paired_targets)}")  # fmt: skip
         results.paired = paired(paired_targets, rounds=plan.pairs)
 
         phase("our overhead split from server-side timestamps (InferenceRequest rows)")
@@ -1180,6 +1191,9 @@ def report(results: Results, plan: Plan, args: argparse.Namespace) -> tuple[dict
             f"{_fmt(_p(gateway_added, 99))} |")  # fmt: skip
     else:
         out("| LiteLLM: added latency | skipped (--tiny) | |")
+    floor_lat = [s.latency_s * 1000 for s in paired_ok.get("http-floor", []) if s.ok]
+    out(f"| HTTP floor: the same client against a server that answers at once | {_fmt(_p(floor_lat, 50))} | "
+        f"{_fmt(_p(floor_lat, 99))} |")  # fmt: skip
     ours_lat = [s.latency_s * 1000 for s in paired_ok.get("ours", []) if s.ok]
     out(f"| ours: latency | {_fmt(_p(ours_lat, 50))} | {_fmt(_p(ours_lat, 99))} |")
     for label, attr in (
@@ -1240,6 +1254,10 @@ def report(results: Results, plan: Plan, args: argparse.Namespace) -> tuple[dict
            None if o99 is None or o50 is None else o99 <= TARGET_P99_OVER_P50 * o50, "<= 3.00x")  # fmt: skip
     target("admission p50 at c=1 (ms) vs 5 ms", admission_c1, TARGET_ADMISSION_MS,
            None if admission_c1 is None else admission_c1 <= TARGET_ADMISSION_MS, "<= 1.00x")  # fmt: skip
+    # Context, not a target: our overhead includes one client-server exchange (the client's own work and
+    # loopback HTTP), which LiteLLM's added latency does not (it cancels between proxy and direct).
+    floor50 = _p(floor_lat, 50)
+    net50 = None if o50 is None or floor50 is None else o50 - floor50
     out("")
     out("| target | ours | anchor | ratio | needed | result |")
     out("|---|---:|---:|---:|---|---|")
@@ -1248,6 +1266,12 @@ def report(results: Results, plan: Plan, args: argparse.Namespace) -> tuple[dict
         reason = " (LiteLLM skipped in --tiny)" if t["result"] == "n/a" and plan.tiny else ""
         out(f"| {t['target']} | {_fmt(t['ours'])} | {_fmt(t['anchor'])} | {ratio} | {t['needed']} | "
             f"{t['result']}{reason} |")  # fmt: skip
+
+    if net50 is not None:
+        out("")
+        out(f"Context (not a target): our overhead p50 net of the HTTP floor ({_fmt(floor50)} ms, the client's own "
+            f"work and one loopback exchange, which cancel out of LiteLLM's figure) is {_fmt(net50)} ms"
+            + (f", {net50 / g50:.2f}x LiteLLM's added {_fmt(g50)} ms." if g50 else "."))  # fmt: skip
 
     errors = [(b.target, b.phase, b.report()) for b in results.blocks if b.report()["errors"]]
     paired_errors = sum(1 for samples in results.paired.values() for s in samples if not s.ok)
@@ -1303,6 +1327,8 @@ def report(results: Results, plan: Plan, args: argparse.Namespace) -> tuple[dict
             "rounds": rounds,
             "latency_ms": {n: summary([s.latency_s * 1000 for s in v if s.ok]) for n, v in results.paired.items()},
             "litellm_added_ms": summary(gateway_added),
+            "http_floor_ms": summary(floor_lat),
+            "ours_overhead_net_of_floor_p50_ms": net50,
             "ours_split_ms": split_summary(pair_splits),
             "ours_request_ids": sorted(i for i in paired_ids if i),
         },
