@@ -115,7 +115,6 @@ def inference_run(*, region: str, request_id: str, attempt: int) -> str:
         inputs_ids=body.get("inputs_ids"),
         stream=claimed.stream,
     )
-    streams.event_append(region=region, request_id=request_id, event={"type": "start", "attempt": attempt})
     queued_at = time.monotonic()
     try:
         loop = engine_loop_for(model_name=claimed.model_name, region=region)

@@ -285,9 +285,12 @@ def test_idempotency_key_replays_without_charging_twice(stack: Stack, tenant: Te
 
 
 def test_client_disconnect_cancels_the_generation(stack: Stack, tenant: Tenant) -> None:
+    # greedy on this prompt the model writes all 900 tokens (seconds), so that the cancellation always lands
+    # first: a sampled answer to a short prompt could end on its own within the worker's cancel poll
+    story = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
     with httpx.stream(
         "POST", f"{stack.base_url}/v1/chat/completions", headers={"Authorization": f"Bearer {tenant.key}"},
-        json={"model": MODEL_NAME, "messages": MESSAGES, "max_tokens": 900, "temperature": 0.8, "stream": True},
+        json={"model": MODEL_NAME, "messages": story, "max_tokens": 900, "temperature": 0, "stream": True},
         timeout=60,
     ) as response:  # fmt: skip
         request_id = response.headers["x-inference-request-id"]
