@@ -28,6 +28,8 @@ MESSAGE_KEYS: Final = frozenset({"role", "content"})
 
 _OPEN: Final = "\ue000"  # private-use code points: never produced by templates, never trimmed
 _CLOSE: Final = "\ue001"
+# a content marker: nonce and message index (one pattern, compiled once; the nonce is compared per match)
+_MARKER: Final = re.compile(re.escape(_OPEN) + r"(\d+):(\d+)" + re.escape(_CLOSE))
 
 
 class ChatTemplateError(ValueError):
@@ -144,10 +146,12 @@ def render_segments(
 
     segments: list[Segment] = []
     position = 0
-    for match in re.finditer(re.escape(_OPEN + nonce + ":") + r"(\d+)" + re.escape(_CLOSE), text):
+    for match in _MARKER.finditer(text):
+        if match.group(1) != nonce:  # not one of this call's markers: template text
+            continue
         if match.start() > position:
             segments.append(Segment(text[position : match.start()], is_content=False))
-        segments.append(Segment(cores[int(match.group(1))], is_content=True))
+        segments.append(Segment(cores[int(match.group(2))], is_content=True))
         position = match.end()
     if position < len(text):
         segments.append(Segment(text[position:], is_content=False))

@@ -182,46 +182,31 @@ def request_first_token(*, request_id: str, attempt: int, at: datetime | None = 
 
 
 def _receipt_sign(
-    claimed: ClaimedRequest, *, completion_tokens: int, input_hmac: str, output_hmac: str, completed: datetime
+    source: ClaimedRequest | InferenceRequest,
+    *,
+    completion_tokens: int,
+    input_hmac: str,
+    output_hmac: str,
+    completed: datetime,
 ) -> dict[str, Any]:
-    """The receipt from what the worker claimed (the same claims as `_receipt` reads from the row)."""
-    if claimed.created_at is None:
-        raise ValueError("the claim carries no creation time")
+    """The signed receipt of a request, from its row or from what the worker claimed (the same fields)."""
+    if source.created_at is None:
+        raise ValueError(f"request {source.request_id} has no creation time")
     return receipt_sign(
         claims={
-            "request_id": claimed.request_id,
-            "organization": claimed.organization_id,
-            "model": claimed.model_name,
-            "region": claimed.region,
-            "country": claimed.country,
-            "accelerator_class": claimed.accelerator_class,
+            "request_id": source.request_id,
+            "organization": source.organization_id,
+            "model": source.model_name,
+            "region": source.region,
+            "country": source.country,
+            "accelerator_class": source.accelerator_class,
             "backend": "cpu",
-            "created": claimed.created_at.isoformat(),
+            "created": source.created_at.isoformat(),
             "completed": completed.isoformat(),
             "input_hmac": input_hmac,
             "output_hmac": output_hmac,
-            "input_tokens": claimed.prompt_tokens,
+            "input_tokens": source.prompt_tokens,
             "output_tokens": completion_tokens,
-        }
-    )
-
-
-def _receipt(row: InferenceRequest, *, input_hmac: str, output_hmac: str, completed: datetime) -> dict[str, Any]:
-    return receipt_sign(
-        claims={
-            "request_id": row.request_id,
-            "organization": row.organization_id,
-            "model": row.model_name,
-            "region": row.region,
-            "country": row.country,
-            "accelerator_class": row.accelerator_class,
-            "backend": "cpu",
-            "created": row.created_at.isoformat(),
-            "completed": completed.isoformat(),
-            "input_hmac": input_hmac,
-            "output_hmac": output_hmac,
-            "input_tokens": row.prompt_tokens,
-            "output_tokens": row.completion_tokens,
         }
     )
 
@@ -340,7 +325,8 @@ def _request_complete_here(
             at=now,
             organization_id=row.organization_id,
         )
-        receipt = _receipt(row, input_hmac=input_hmac, output_hmac=output_hmac, completed=now)
+        receipt = _receipt_sign(row, completion_tokens=completion_tokens, input_hmac=input_hmac,
+                                output_hmac=output_hmac, completed=now)  # fmt: skip
         row.status = Status.COMPLETED
         row.finish_reason = finish_reason[:16]
         row.completed_at = now

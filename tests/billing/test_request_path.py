@@ -22,7 +22,7 @@ from controlplane.core.services import Actor
 from controlplane.inference.admission import request_admit
 from controlplane.inference.models import InferenceRequest
 from controlplane.inference.openai_schema import parse_generation
-from controlplane.inference.services import request_claim, request_complete, requests_reap
+from controlplane.inference.services import ClaimedRequest, request_claim, request_complete, requests_reap
 from tenants.models import ApiKey, Organization
 from tests.factories import Customer
 from tests.stack import outbox_sends_recorded, serving_customer
@@ -52,9 +52,13 @@ def _admit(customer: Customer) -> str:
     ).request_id  # fmt: skip
 
 
-def _complete(request_id: str, attempt: int, tokens: int) -> dict[str, Any] | None:
+def _complete(
+    request_id: str, attempt: int, tokens: int, claimed: ClaimedRequest | None = None
+) -> dict[str, Any] | None:
+    """Without `claimed`, the completion reads the row (the ORM's steps); with it, as the worker completes (on
+    PostgreSQL one statement)."""
     return request_complete(request_id=request_id, attempt=attempt, completion_tokens=tokens, finish_reason="stop",
-                            response=RESPONSE, output=b"seven tokens", timings={})  # fmt: skip
+                            response=RESPONSE, output=b"seven tokens", timings={}, claimed=claimed)  # fmt: skip
 
 
 def _expected_micros(hold: CreditHold, output_tokens: int) -> int:
@@ -63,15 +67,19 @@ def _expected_micros(hold: CreditHold, output_tokens: int) -> int:
     return money.round_micros_half_even(money.usd_to_currency(usd_micros=usd, per_usd=hold.fx_per_usd))
 
 
-def test_the_same_settlement_delivered_ten_times_at_once_counts_once(customer: Customer, sent: list[int]) -> None:
+@pytest.mark.parametrize("with_claim", [False, True], ids=["from-row", "from-claim"])
+def test_the_same_settlement_delivered_ten_times_at_once_counts_once(
+    customer: Customer, sent: list[int], with_claim: bool
+) -> None:
     request_id = _admit(customer)
-    assert request_claim(request_id=request_id, region="dxb", attempt=1, worker="w1") is not None
+    claimed = request_claim(request_id=request_id, region="dxb", attempt=1, worker="w1")
+    assert claimed is not None
     barrier, receipts, errors = threading.Barrier(10), [], []
 
     def deliver() -> None:
         try:
             barrier.wait(timeout=30)
-            receipts.append(_complete(request_id, 1, 7))
+            receipts.append(_complete(request_id, 1, 7, claimed if with_claim else None))
         except Exception as exc:  # reported below
             errors.append(exc)
         finally:

@@ -1,19 +1,17 @@
 """The regional worker's writes on PostgreSQL are single statements: the claim (the request row, its fields
 and its organisation's policy) and the completion (row lock, settlement, the row completed with its receipt
 and ledger entry). They claim, refuse and write what the ORM's statements do (`request_claim` and
-`_request_complete_here`, run here by making the services see another database vendor), and the completion
-still counts once however many times it is delivered."""
+`_request_complete_here`, run here by making the services see another database vendor). The completion
+delivered ten times at once is tested on both paths in `tests/billing/test_request_path.py`."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from django.db import connections
 from django.utils import timezone
 
 from billing.models import CreditHold, LedgerEntry
@@ -143,35 +141,6 @@ def test_a_stale_delivery_claims_nothing_and_a_superseded_attempt_writes_nothing
     assert _complete(second, tokens=3) is not None
     entry = LedgerEntry.objects.unscoped_all_orgs().get(request_id=request_id)
     assert entry.output_tokens == 3
-
-
-def test_the_completion_delivered_ten_times_at_once_counts_once(gulf: Customer) -> None:
-    request_id = _admit(gulf)
-    claimed = services.request_claim(request_id=request_id, region="dxb", attempt=1, worker="w1")
-    assert claimed is not None
-    barrier, receipts, errors = threading.Barrier(10), [], []
-
-    def deliver() -> None:
-        try:
-            barrier.wait(10)
-            receipts.append(_complete(claimed))
-        except Exception as exc:  # recorded: the assertion below names it
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=deliver) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert errors == []
-    assert sum(receipt is not None for receipt in receipts) == 1
-    assert LedgerEntry.objects.unscoped_all_orgs().filter(request_id=request_id).count() == 1
-    row = InferenceRequest.objects.unscoped_all_orgs().get(request_id=request_id)
-    assert (row.status, row.completion_tokens) == ("completed", 7)
-    assert row.completed_at is not None
-    assert row.completed_at <= timezone.now()
 
 
 def test_a_replay_before_the_response_is_stored_is_told_to_retry(gulf: Customer) -> None:
