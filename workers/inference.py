@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -80,9 +80,8 @@ def _wait(job: Job, *, region: str, request_id: str, attempt: int) -> str | None
 
     def mark_first_token() -> None:
         nonlocal first_token_marked
-        if job.first_token_at is not None and not first_token_marked:
-            # the loop's monotonic moment, carried over to wall time: exact, whenever this poll runs
-            at = timezone.now() - timedelta(seconds=time.monotonic() - job.first_token_at)
+        at = _first_token_moment(job)
+        if at is not None and not first_token_marked:
             services.request_first_token(request_id=request_id, attempt=attempt, at=at)
             first_token_marked = True
 
@@ -98,8 +97,16 @@ def _wait(job: Job, *, region: str, request_id: str, attempt: int) -> str | None
                 job.cancel.set()
                 job.done.wait()
                 return "lease_lost"
-    mark_first_token()  # a request shorter than one poll
+    # a request shorter than one poll: its first token is recorded with its completion (one write fewer
+    # between the engine's end and the answer), or by the caller when it ends otherwise
     return None
+
+
+def _first_token_moment(job: Job) -> datetime | None:
+    """The loop's monotonic moment of the first token, carried over to wall time (exact whenever it runs)."""
+    if job.first_token_at is None:
+        return None
+    return timezone.now() - timedelta(seconds=time.monotonic() - job.first_token_at)
 
 
 def inference_run(*, region: str, request_id: str, attempt: int) -> str:
@@ -126,6 +133,10 @@ def inference_run(*, region: str, request_id: str, attempt: int) -> str:
     stopped = _wait(job, region=region, request_id=request_id, attempt=attempt)
     if stopped == "lease_lost":
         return "lease_lost"
+    if stopped is not None or job.error is not None:
+        first_token = _first_token_moment(job)
+        if first_token is not None:
+            services.request_first_token(request_id=request_id, attempt=attempt, at=first_token)
     if job.error is not None:
         services.request_fail(request_id=request_id, code=f"engine_{job.error.code}", message=str(job.error)[:200])
         return "failed"
@@ -173,7 +184,7 @@ def _finish(claimed: services.ClaimedRequest, job: Job, queued_at: float) -> str
     receipt = services.request_complete(
         request_id=claimed.request_id, attempt=claimed.attempt, completion_tokens=completion_tokens,
         finish_reason=finish_reason, response=response, output=output_bytes, timings=timings, claimed=claimed,
-        after_answer=True,
+        after_answer=True, first_token_at=_first_token_moment(job),
     )  # fmt: skip
     if receipt is None:
         return "superseded"

@@ -236,6 +236,7 @@ def request_complete(
     timings: dict[str, float],
     claimed: ClaimedRequest | None = None,
     after_answer: bool = False,
+    first_token_at: datetime | None = None,
 ) -> dict[str, Any] | None:
     """Settles a finished request exactly once: ledger entry, hold capture, status, receipt, in one
     central transaction; stores the response in the region (unless retention is 0). Returns the
@@ -246,17 +247,18 @@ def request_complete(
     completion are one statement, its own transaction. The response is stored in the region after the
     central commit (only the attempt that owns the request gets there), and the quota's reservation
     settled; with `after_answer` the caller does both once the answer is on its way
-    (`request_after_answer`)."""
+    (`request_after_answer`). `first_token_at`: the attempt's first token, if not recorded yet."""
     now = timezone.now()
     if claimed is not None and claimed.request_id == request_id and connection.vendor == "postgresql":
         done = _request_complete_in_database(
             claimed=claimed, attempt=attempt, completion_tokens=completion_tokens, finish_reason=finish_reason,
-            response=response, output=output, timings=timings, now=now,
+            response=response, output=output, timings=timings, now=now, first_token_at=first_token_at,
         )  # fmt: skip
     else:
         done = _request_complete_here(
             request_id=request_id, attempt=attempt, completion_tokens=completion_tokens, finish_reason=finish_reason,
             response=response, output=output, timings=timings, claimed=claimed, now=now,
+            first_token_at=first_token_at,
         )  # fmt: skip
     if done is None:
         return None
@@ -296,6 +298,7 @@ _Completed = tuple[dict[str, Any], int, str, int, int]  # receipt, organisation,
 def _request_complete_here(
     *, request_id: str, attempt: int, completion_tokens: int, finish_reason: str, response: dict[str, Any],
     output: bytes, timings: dict[str, float], claimed: ClaimedRequest | None, now: datetime,
+    first_token_at: datetime | None,
 ) -> _Completed | None:  # fmt: skip
     """The completion through the ORM (SQLite, callers without the claim; on PostgreSQL a test compares it
     with `_request_complete_in_database`)."""
@@ -333,10 +336,12 @@ def _request_complete_here(
         row.lease_expires_at = None
         row.receipt = receipt
         row.timings = {**row.timings, **timings, "ledger_entry": ledger.pk}
+        if row.first_token_at is None:
+            row.first_token_at = first_token_at
         row.save(
             update_fields=[
                 "status", "finish_reason", "completed_at", "lease_expires_at", "receipt", "timings",
-                "completion_tokens", "updated_at",
+                "completion_tokens", "first_token_at", "updated_at",
             ]
         )  # fmt: skip
     if not held:  # no content in the region (purged): nothing to store there either
@@ -374,6 +379,7 @@ WITH request AS MATERIALIZED (
     UPDATE inference_inferencerequest r
        SET status = 'completed', finish_reason = %(finish_reason)s, completed_at = %(now)s, lease_expires_at = NULL,
            receipt = %(receipt)s, completion_tokens = %(completion_tokens)s, updated_at = clock_timestamp(),
+           first_token_at = coalesce(r.first_token_at, %(first_token_at)s),
            timings = r.timings || %(timings)s || jsonb_build_object('ledger_entry', settled.entry_id)
       FROM settled
      WHERE r.id = settled.id AND settled.outcome IN ('settled', 'settled_before')
@@ -388,13 +394,14 @@ SELECT settled.outcome FROM settled
         "finish_reason": "text",
         "receipt": "jsonb",
         "timings": "jsonb",
+        "first_token_at": "timestamptz",
     },
 )
 
 
 def _request_complete_in_database(
     *, claimed: ClaimedRequest, attempt: int, completion_tokens: int, finish_reason: str, response: dict[str, Any],
-    output: bytes, timings: dict[str, float], now: datetime,
+    output: bytes, timings: dict[str, float], now: datetime, first_token_at: datetime | None,
 ) -> _Completed | None:  # fmt: skip
     salt = bytes.fromhex(claimed.salt)
     receipt = _receipt_sign(
@@ -405,6 +412,7 @@ def _request_complete_in_database(
     params = {
         "request_id": claimed.request_id, "attempt": attempt, "completion_tokens": completion_tokens, "now": now,
         "finish_reason": finish_reason[:16], "receipt": json.dumps(receipt), "timings": json.dumps(timings),
+        "first_token_at": first_token_at,
     }  # fmt: skip
     # its own transaction (or part of the caller's): an outcome that settled nothing wrote nothing
     with connection.cursor() as cursor:

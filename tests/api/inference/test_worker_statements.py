@@ -7,7 +7,7 @@ delivered ten times at once is tested on both paths in `tests/billing/test_reque
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,6 +31,7 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 MODEL = "SmolLM2-135M-Instruct"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
 RESPONSE = {"usage": {"prompt_tokens": 1, "completion_tokens": 7}, "choices": [{"text": "seven"}]}
+FIRST_TOKEN = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)  # recorded with the completion when not recorded before
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def _complete(claimed: services.ClaimedRequest, *, tokens: int = 7, attempt: int
     return services.request_complete(
         request_id=claimed.request_id, attempt=attempt or claimed.attempt, completion_tokens=tokens,
         finish_reason="stop", response=RESPONSE, output=b"seven tokens", timings={"generate_ms": 12.5},
-        claimed=claimed,
+        claimed=claimed, first_token_at=FIRST_TOKEN,
     )  # fmt: skip
 
 
@@ -77,9 +78,17 @@ def _written(request_id: str, receipt: dict[str, Any]) -> dict[str, Any]:
                                                                        "input_hmac", "output_hmac"}}  # fmt: skip
     assert row.receipt == receipt
     assert row.updated_at >= row.completed_at
+    assert row.first_token_at == FIRST_TOKEN
     assert receipt_verify(receipt=receipt, keys=receipt_key_set()["keys"])
     return {
-        "row": (row.status, row.completion_tokens, row.finish_reason, row.lease_expires_at, row.attempts),
+        "row": (
+            row.status,
+            row.completion_tokens,
+            row.finish_reason,
+            row.lease_expires_at,
+            row.attempts,
+            row.first_token_at,
+        ),
         "timings": (row.timings["generate_ms"], row.timings["ledger_entry"] == entry.pk),
         "claims": claims,
         "entry": (entry.input_tokens, entry.output_tokens, entry.amount_micros, entry.api_key_id),
@@ -105,7 +114,7 @@ def test_the_statements_claim_and_complete_as_the_orm_does(gulf: Customer, orm_p
     with orm_path:
         receipt_slow = services.request_complete(
             request_id=slow, attempt=1, completion_tokens=7, finish_reason="stop", response=RESPONSE,
-            output=b"seven tokens", timings={"generate_ms": 12.5},
+            output=b"seven tokens", timings={"generate_ms": 12.5}, first_token_at=FIRST_TOKEN,
         )  # fmt: skip
     assert receipt_slow is not None
     assert _written(fast, receipt_fast) == _written(slow, receipt_slow)
