@@ -392,7 +392,8 @@ def _request_admit(
     kind = {"chat": InferenceRequest.Kind.CHAT, "completion": InferenceRequest.Kind.COMPLETION}.get(
         parsed.endpoint, InferenceRequest.Kind.EMBEDDING
     )
-    fingerprint = body_fingerprint(parsed.endpoint, raw_body)
+    # the body's fingerprint serves the Idempotency-Key alone (kept with the key, compared on a replay)
+    fingerprint = body_fingerprint(parsed.endpoint, raw_body) if idempotency_key is not None else ""
     if idempotency_key is not None:
         replay = _idempotent_replay(
             organization=organization, key=idempotency_key, endpoint=parsed.endpoint, fingerprint=fingerprint, now=now
