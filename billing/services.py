@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -38,6 +37,7 @@ from billing.selectors import balance_get as balance_get
 from billing.selectors import price_quote as price_quote
 from controlplane.core import hotcache, money
 from controlplane.core.errors import Conflict, DomainError, NotFound, ServiceUnavailable, ValidationFailed
+from controlplane.core.prepared import Prepared
 from controlplane.core.regions import REGION_CODES
 from controlplane.core.services import Actor, audit_record
 from controlplane.fleet import selectors as fleet_selectors
@@ -670,30 +670,37 @@ def hold_refusal(*, outcome: str, detail: dict[str, Any] | str | None, request_i
 
 
 _HOLD_FIELDS = tuple(field.attname for field in CreditHold._meta.concrete_fields)
-_HOLD_STATEMENT = "billing_hold_place_call"  # prepared per connection, as the settlement is (below)
-_HOLD_PREPARE = (
-    f"PREPARE {_HOLD_STATEMENT} (bigint, text, text, text, bigint, bigint, timestamptz) AS SELECT p.outcome, p.detail, "  # noqa: S608  # column names from the model, arguments bound
+# prepared per connection, as the settlement is (below)
+_HOLD_PLACE = Prepared(
+    "billing_hold_place_call",
+    "SELECT p.outcome, p.detail, "  # noqa: S608  # column names from the model, arguments bound
     + ", ".join(f"(p.hold).{name}" for name in _HOLD_FIELDS)
-    + " FROM billing_hold_place($1, $2, $3, $4, $5, $6, $7) p"
+    + " FROM billing_hold_place(%(organization_id)s, %(request_id)s, %(model_name)s, %(region)s, %(input_tokens)s,"
+    " %(max_output_tokens)s, %(at)s) p",
+    {
+        "organization_id": "bigint",
+        "request_id": "text",
+        "model_name": "text",
+        "region": "text",
+        "input_tokens": "bigint",
+        "max_output_tokens": "bigint",
+        "at": "timestamptz",
+    },
 )
-_HOLD_EXECUTE = f"EXECUTE {_HOLD_STATEMENT} (%s, %s, %s, %s, %s, %s, %s)"
-_hold_prepared_on: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _hold_place_in_database(
     *, organization: Organization, request_id: str, model_name: str, region: str, input_tokens: int,
     max_output_tokens: int, at: datetime,
 ) -> CreditHold:  # fmt: skip
-    arguments: list[Any] = [organization.pk, request_id, model_name, region, input_tokens, max_output_tokens, at]
+    arguments = {
+        "organization_id": organization.pk, "request_id": request_id, "model_name": model_name, "region": region,
+        "input_tokens": input_tokens, "max_output_tokens": max_output_tokens, "at": at,
+    }  # fmt: skip
     try:
         # a savepoint only inside a caller's transaction (outside one the statement is its own)
         with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
-            driver = connection.connection
-            if driver not in _hold_prepared_on:
-                cursor.execute(_HOLD_PREPARE)
-                _hold_prepared_on.add(driver)
-            cursor.execute(_HOLD_EXECUTE, arguments)
-            row = cursor.fetchone()
+            row = _HOLD_PLACE.execute(cursor, arguments).fetchone()
     except IntegrityError:
         # Two transactions raced for the same request id; the loser's statement is rolled back.
         existing = selectors.hold_get(request_id=request_id)
@@ -821,16 +828,22 @@ def hold_settle(
 
 _ENTRY_FIELDS = tuple(field.attname for field in LedgerEntry._meta.concrete_fields)
 # A prepared statement per connection: the call is parsed and planned once per connection, not on every
-# settlement (Django binds parameters client-side and never prepares). PREPARE is not transactional, so a
-# rolled-back transaction keeps it; a new connection (a new driver object) prepares it again.
-_SETTLE_STATEMENT = "billing_hold_settle_call"
-_SETTLE_PREPARE = (
-    f"PREPARE {_SETTLE_STATEMENT} (text, bigint, bigint, bigint, bigint, timestamptz) AS SELECT s.outcome, "  # noqa: S608  # column names from the model, arguments bound
+# settlement (Django binds parameters client-side and never prepares; see controlplane/core/prepared.py).
+_HOLD_SETTLE = Prepared(
+    "billing_hold_settle_call",
+    "SELECT s.outcome, "  # noqa: S608  # column names from the model, arguments bound
     + ", ".join(f"(s.entry).{name}" for name in _ENTRY_FIELDS)
-    + " FROM billing_hold_settle($1, $2, $3, $4, $5, $6) s"
+    + " FROM billing_hold_settle(%(request_id)s, %(organization_id)s, %(input_tokens)s, %(output_tokens)s,"
+    " %(api_key_id)s, %(at)s) s",
+    {
+        "request_id": "text",
+        "organization_id": "bigint",
+        "input_tokens": "bigint",
+        "output_tokens": "bigint",
+        "api_key_id": "bigint",
+        "at": "timestamptz",
+    },
 )
-_SETTLE_EXECUTE = f"EXECUTE {_SETTLE_STATEMENT} (%s, %s, %s, %s, %s, %s)"
-_settle_prepared_on: weakref.WeakSet[Any] = weakref.WeakSet()  # the driver connections that have it
 
 
 def _hold_settle_in_database(
@@ -838,12 +851,10 @@ def _hold_settle_in_database(
     organization_id: int | None,
 ) -> LedgerEntry:  # fmt: skip
     with connection.cursor() as cursor:
-        driver = connection.connection
-        if driver not in _settle_prepared_on:
-            cursor.execute(_SETTLE_PREPARE)
-            _settle_prepared_on.add(driver)
-        cursor.execute(_SETTLE_EXECUTE, [request_id, organization_id, input_tokens, output_tokens, api_key_id, at])
-        row = cursor.fetchone()
+        row = _HOLD_SETTLE.execute(cursor, {
+            "request_id": request_id, "organization_id": organization_id, "input_tokens": input_tokens,
+            "output_tokens": output_tokens, "api_key_id": api_key_id, "at": at,
+        }).fetchone()  # fmt: skip
     outcome, values = row[0], row[1:]
     settle_outcome_check(outcome=outcome, request_id=request_id, organization_id=organization_id)
     entry: LedgerEntry = LedgerEntry.from_db(connection.alias, list(_ENTRY_FIELDS), list(values))

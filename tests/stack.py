@@ -277,6 +277,19 @@ def serving_customer(slug: str = "gulf") -> Customer:
     return customer
 
 
+def admit_chat(customer: Customer, body: dict[str, Any], *, idempotency_key: str | None = None) -> Any:
+    """Admission of a chat completion with the customer's API key, without HTTP (returns the `Admission`)."""
+    from controlplane.inference.admission import request_admit
+    from controlplane.inference.openai_schema import parse_generation
+    from tenants.models import ApiKey
+
+    key = ApiKey.objects.unscoped_all_orgs().get(organization=customer.organization)
+    return request_admit(
+        api_key=key, organization=customer.organization, parsed=parse_generation(body, "chat"), raw_body=body,
+        region_header=None, idempotency_key=idempotency_key,
+    )  # fmt: skip
+
+
 def outbox_sends_recorded(monkeypatch: Any) -> list[int]:
     """For tests without a broker or worker: outbox sends (from admission and from the reaper) are
     recorded and marked sent instead of published; returns the list of outbox ids they sent."""

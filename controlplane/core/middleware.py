@@ -11,6 +11,7 @@ import logging
 import re
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +35,15 @@ HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests served", ["method"
 HTTP_LATENCY = Histogram("http_request_duration_seconds", "HTTP request latency", ["method", "route"])
 
 
-class _BothModes:
+def _adopt_mode(middleware: Callable[..., Any], get_response: Callable[[HttpRequest], Any]) -> bool:
+    """Marks `middleware` a coroutine function when the handler it wraps is one; returns whether it is."""
+    is_async = iscoroutinefunction(get_response)
+    if is_async:
+        markcoroutinefunction(middleware)
+    return is_async
+
+
+class _BothModes(ABC):
     """A middleware that is called in the mode of the handler it wraps: `respond` (sync) or `arespond`."""
 
     sync_capable = True
@@ -42,20 +51,20 @@ class _BothModes:
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
+        self.is_async = _adopt_mode(self, get_response)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.arespond(request)
         return self.respond(request)
 
+    @abstractmethod
     def respond(self, request: HttpRequest) -> HttpResponse:
-        raise NotImplementedError
+        """The middleware under WSGI or a sync handler."""
 
+    @abstractmethod
     async def arespond(self, request: HttpRequest) -> HttpResponse:
-        raise NotImplementedError
+        """The same under an async handler (ASGI), without a thread hop."""
 
 
 class RequestIdMiddleware(_BothModes):
@@ -186,9 +195,7 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):  # type: ignore[misc]  # Whit
 
     def __init__(self, get_response: Callable[[HttpRequest], Any], **kwargs: Any) -> None:
         super().__init__(get_response, **kwargs)
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
+        self.is_async = _adopt_mode(self, get_response)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:

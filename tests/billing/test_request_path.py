@@ -19,13 +19,11 @@ from billing.reconcile import reconcile
 from billing.services import price_entry_add
 from controlplane.core import money
 from controlplane.core.services import Actor
-from controlplane.inference.admission import request_admit
 from controlplane.inference.models import InferenceRequest
-from controlplane.inference.openai_schema import parse_generation
 from controlplane.inference.services import ClaimedRequest, request_claim, request_complete, requests_reap
-from tenants.models import ApiKey, Organization
+from tenants.models import Organization
 from tests.factories import Customer
-from tests.stack import outbox_sends_recorded, serving_customer
+from tests.stack import admit_chat, outbox_sends_recorded, serving_customer
 
 MODEL = "SmolLM2-135M-Instruct"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
@@ -45,11 +43,7 @@ def customer(transactional_db: None) -> Customer:
 
 
 def _admit(customer: Customer) -> str:
-    key = ApiKey.objects.unscoped_all_orgs().get(organization=customer.organization)
-    return request_admit(
-        api_key=key, organization=customer.organization, parsed=parse_generation(BODY, "chat"), raw_body=BODY,
-        region_header=None, idempotency_key=None,
-    ).request_id  # fmt: skip
+    return str(admit_chat(customer, BODY).request_id)
 
 
 def _complete(

@@ -14,14 +14,11 @@ from django.utils import timezone
 from billing.models import CreditHold, LedgerEntry
 from controlplane.core.services import Actor
 from controlplane.inference import admission, streams
-from controlplane.inference.admission import request_admit
 from controlplane.inference.models import InferenceRequest, OutboxMessage
-from controlplane.inference.openai_schema import parse_generation
 from controlplane.inference.services import request_claim, request_complete, requests_reap
 from tenants import services as tenant_services
-from tenants.models import ApiKey
 from tests.factories import Customer
-from tests.stack import outbox_sends_recorded, serving_customer
+from tests.stack import admit_chat, outbox_sends_recorded, serving_customer
 
 MODEL = "SmolLM2-135M-Instruct"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -40,12 +37,7 @@ def gulf(transactional_db: None) -> Customer:
 
 
 def _admit(customer: Customer, body: dict[str, Any] | None = None) -> str:
-    key = ApiKey.objects.unscoped_all_orgs().get(organization=customer.organization)
-    body = body or BODY
-    return request_admit(
-        api_key=key, organization=customer.organization, parsed=parse_generation(body, "chat"), raw_body=body,
-        region_header=None, idempotency_key=None,
-    ).request_id  # fmt: skip
+    return str(admit_chat(customer, body or BODY).request_id)
 
 
 def _row(request_id: str) -> InferenceRequest:

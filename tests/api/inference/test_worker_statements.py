@@ -18,14 +18,11 @@ from billing.models import CreditHold, LedgerEntry
 from controlplane.core.errors import Conflict
 from controlplane.core.services import Actor
 from controlplane.inference import services
-from controlplane.inference.admission import request_admit
 from controlplane.inference.models import InferenceRequest, RequestContent
-from controlplane.inference.openai_schema import parse_generation
 from controlplane.inference.receipts import receipt_key_set, receipt_verify
 from tenants import services as tenant_services
-from tenants.models import ApiKey
 from tests.factories import Customer
-from tests.stack import outbox_sends_recorded, serving_customer
+from tests.stack import admit_chat, outbox_sends_recorded, serving_customer
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 MODEL = "SmolLM2-135M-Instruct"
@@ -55,11 +52,7 @@ def orm_path(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def _admit(customer: Customer) -> str:
-    key = ApiKey.objects.unscoped_all_orgs().get(organization=customer.organization)
-    return request_admit(
-        api_key=key, organization=customer.organization, parsed=parse_generation(BODY, "chat"), raw_body=BODY,
-        region_header=None, idempotency_key=None,
-    ).request_id  # fmt: skip
+    return str(admit_chat(customer, BODY).request_id)
 
 
 def _complete(claimed: services.ClaimedRequest, *, tokens: int = 7, attempt: int | None = None) -> Any:
@@ -156,13 +149,9 @@ def test_a_replay_before_the_response_is_stored_is_told_to_retry(gulf: Customer)
     """The worker stores the response in the region just after answering (`after_answer`): an idempotent
     replay in between is told to retry (409 in progress), not that nothing was retained; once stored, the
     replay returns it, charged once."""
-    key = ApiKey.objects.unscoped_all_orgs().get(organization=gulf.organization)
 
     def admit() -> Any:
-        return request_admit(
-            api_key=key, organization=gulf.organization, parsed=parse_generation(BODY, "chat"), raw_body=BODY,
-            region_header=None, idempotency_key="replay-key",
-        )  # fmt: skip
+        return admit_chat(gulf, BODY, idempotency_key="replay-key")
 
     request_id = admit().request_id
     claimed = services.request_claim(request_id=request_id, region="dxb", attempt=1, worker="w")
