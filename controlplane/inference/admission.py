@@ -306,7 +306,7 @@ def _idempotent_replay(
             "A request with this Idempotency-Key is still in progress; retry once it has finished.",
             code="idempotent_request_in_progress",
         )
-    content = RequestContent.objects.using(_region_alias(record.region)).filter(request_id=record.request_id).first()
+    content = RequestContent.objects.using(region_db_alias(record.region)).filter(request_id=record.request_id).first()
     stored = content.completion if content is not None else None
     if (not stored or "response" not in stored) and _completion_pending(request, now):
         raise Conflict(
@@ -334,12 +334,6 @@ def _completion_pending(request: InferenceRequest, now: datetime) -> bool:
         and request.completed_at is not None
         and now - request.completed_at < timedelta(seconds=COMPLETION_STORE_GRACE_S)
     )
-
-
-def _region_alias(region: str) -> str:
-    from controlplane.core.regions import region_db_alias
-
-    return region_db_alias(region)
 
 
 # --- admission --------------------------------------------------------------------------------------
@@ -541,7 +535,7 @@ def _request_admit(
 
     retention_days = policy.retention_days if policy else 0
     salt = content_salt_new().hex()
-    region_alias = _region_alias(region)
+    region_alias = region_db_alias(region)
     kept_for = timedelta(days=retention_days) if retention_days else timedelta(seconds=settings.REQUEST_DEADLINE_S)
     expires = now + kept_for
     row = {
