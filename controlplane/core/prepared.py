@@ -16,6 +16,7 @@ import re
 import weakref
 from typing import Any
 
+from django.conf import settings
 from django.db import connections
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
@@ -55,3 +56,19 @@ class Prepared:
             self._prepared_on.add(driver)
         cursor.execute(self.execute_sql, [params[key] for key in self.names])
         return cursor
+
+
+# A condition for a statement that is its own transaction: with the boolean parameter `async_commit` true, it
+# sets `synchronous_commit` off for that transaction only (`set_config(..., true)`), so that its commit does
+# not wait for the WAL to reach the disk; the connection's own setting is untouched. PostgreSQL writes WAL in
+# order: the next commit that does wait (on the same server) makes this one durable too. Always true; a
+# CASE, because SQL does not promise the order in which it evaluates AND and OR.
+ASYNC_COMMIT = "CASE WHEN %(async_commit)s THEN set_config('synchronous_commit', 'off', true) = 'off' ELSE true END"
+
+
+def async_commit(connection: Any) -> bool:
+    """Whether a request-path write on `connection` may commit without waiting for the disk
+    (`INFERENCE_ASYNC_COMMIT`): PostgreSQL only, and never inside a caller's transaction, whose other writes
+    would lose their wait too."""
+    chosen = bool(settings.INFERENCE_ASYNC_COMMIT)
+    return chosen and connection.vendor == "postgresql" and not connection.in_atomic_block

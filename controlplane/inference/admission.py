@@ -32,7 +32,7 @@ from billing import services as billing_services
 from controlplane.core import hotcache
 from controlplane.core.errors import Conflict, DomainError, NotFound, PermissionDenied, RateLimited, ServiceUnavailable
 from controlplane.core.logging import current_request_id
-from controlplane.core.prepared import Prepared
+from controlplane.core.prepared import ASYNC_COMMIT, Prepared, async_commit
 from controlplane.core.regions import REGIONS, region_db_alias, region_queue
 from controlplane.core.scoping import org_scope
 from controlplane.core.services import Actor, audit_record
@@ -630,11 +630,15 @@ def _request_admit(
 # --- the regional content ------------------------------------------------------------------------------
 
 _CONTENT_TYPES = {"region": "text", "request_id": "text", "organization_id": "bigint", "body": "jsonb", "salt": "text",
-                  "expires_at": "timestamptz"}  # fmt: skip
+                  "expires_at": "timestamptz", "async_commit": "boolean"}  # fmt: skip
+# Its commit does not wait for the disk (`INFERENCE_ASYNC_COMMIT`): content lost with a crash of the regional
+# server before the worker reads it fails the request as `content_missing`, unbilled; the worker's write of
+# the completion to the same store, which waits, makes it durable.
 _CONTENT_WRITE = Prepared(
     "inference_content_write",
     "INSERT INTO inference_requestcontent (region, created_at, request_id, organization_id, body, salt, expires_at) "
-    "VALUES (%(region)s, now(), %(request_id)s, %(organization_id)s, %(body)s, %(salt)s, %(expires_at)s)",
+    "SELECT %(region)s, now(), %(request_id)s, %(organization_id)s, %(body)s, %(salt)s, %(expires_at)s "
+    f"WHERE {ASYNC_COMMIT}",
     _CONTENT_TYPES,
 )
 
@@ -652,7 +656,8 @@ def _content_write(
         )  # fmt: skip
         return
     params = {"region": region, "request_id": request_id, "organization_id": organization_id,
-              "body": json.dumps(body), "salt": salt, "expires_at": expires_at}  # fmt: skip
+              "body": json.dumps(body), "salt": salt, "expires_at": expires_at,
+              "async_commit": async_commit(store)}  # fmt: skip
     with store.cursor() as cursor:
         _CONTENT_WRITE.execute(cursor, params, using=store.alias)
 
@@ -730,14 +735,16 @@ def _central_write_here(write: CentralWrite) -> None:
 # The same writes as one statement (PostgreSQL): `billing_hold_place` (billing migration 0008) and, only
 # when it placed the hold, the other four rows, in one round trip and one transaction. Every row is
 # written or none: a refusal of the hold writes nothing, and a duplicate idempotency key fails the whole
-# statement on its unique constraint.
+# statement on its unique constraint. Its commit does not wait for the disk (`INFERENCE_ASYNC_COMMIT`):
+# nothing leaves the system on it before a later commit that waits (the settlement's, or a stream's claim)
+# has made it durable, and a crash before then loses the request whole, its hold and key with it.
 _REQUEST_COLUMNS = (
     "organization_id", "request_id", "api_key_id", "kind", "model_name", "region", "country", "host_id",
     "accelerator_class", "workload", "stream", "choices_n", "prompt_tokens", "max_tokens", "reserved_tokens",
     "deadline_at", "placement_reasons", "retention_days", "timings",
 )  # fmt: skip
 _JSON_COLUMNS = frozenset({"placement_reasons", "timings"})
-_CENTRAL_WRITE = """
+_CENTRAL_WRITE = f"""
 WITH hold AS MATERIALIZED (
     SELECT p.outcome, p.detail
       FROM billing_hold_place(%(organization_id)s, %(request_id)s, %(model_name)s, %(region)s, %(prompt_tokens)s,
@@ -772,8 +779,8 @@ WITH hold AS MATERIALIZED (
            %(request_id)s, %(audit_changes)s::jsonb, %(log_request_id)s
       FROM placed
 )
-SELECT hold.outcome, hold.detail, (SELECT outbox.id FROM outbox) FROM hold
-"""
+SELECT hold.outcome, hold.detail, (SELECT outbox.id FROM outbox), {ASYNC_COMMIT} FROM hold
+"""  # noqa: S608  # constants only
 _CENTRAL_WRITE_TYPES = {
     **dict.fromkeys(
         ("organization_id", "max_output_tokens", "api_key_id", "host_id", "prompt_tokens", "reserved_tokens"), "bigint"
@@ -800,7 +807,7 @@ _CENTRAL_WRITE_TYPES = {
         ),
         "text",
     ),
-    "stream": "boolean",
+    **dict.fromkeys(("stream", "async_commit"), "boolean"),
 }
 _CENTRAL_WRITE_STATEMENT = Prepared("inference_central_write", _CENTRAL_WRITE, _CENTRAL_WRITE_TYPES)
 
@@ -824,11 +831,12 @@ def _central_write_in_database(write: CentralWrite) -> None:
         "actor_label": write.actor_label[:200],
         "audit_changes": json.dumps(write.audit_changes),
         "log_request_id": current_request_id.get(),
+        "async_commit": async_commit(connection),
     }
     try:
         # a savepoint only inside a caller's transaction (outside one the statement is its own)
         with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
-            outcome, detail, outbox_id = _CENTRAL_WRITE_STATEMENT.execute(cursor, params).fetchone()
+            outcome, detail, outbox_id, _ = _CENTRAL_WRITE_STATEMENT.execute(cursor, params).fetchone()
     except IntegrityError as exc:
         constraint = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)
         if constraint == "idempotency_key_per_org":
@@ -922,6 +930,14 @@ def outbox_send(*, outbox_id: int, message: OutboxMessage | None = None, mark: b
 
 
 def outbox_mark_sent(*, outbox_id: int) -> None:
-    OutboxMessage.objects.filter(pk=outbox_id, sent_at__isnull=True).update(
-        sent_at=timezone.now(), send_attempts=F("send_attempts") + 1
-    )
+    """Marks a published message sent. Its commit need not wait for the disk (`INFERENCE_ASYNC_COMMIT`): a
+    mark lost with a crash only has the relay publish the message again, and a second delivery claims
+    nothing."""
+    asynchronous = async_commit(connection)
+    with transaction.atomic():
+        if asynchronous:
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        OutboxMessage.objects.filter(pk=outbox_id, sent_at__isnull=True).update(
+            sent_at=timezone.now(), send_attempts=F("send_attempts") + 1
+        )

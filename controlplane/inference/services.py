@@ -15,7 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing import services as billing_services
-from controlplane.core.prepared import Prepared
+from controlplane.core.prepared import ASYNC_COMMIT, Prepared, async_commit
 from controlplane.core.regions import region_db_alias, region_queue
 from controlplane.core.scoping import org_scope
 from controlplane.inference import quota, streams
@@ -64,12 +64,12 @@ def request_claim(*, request_id: str, region: str, attempt: int, worker: str) ->
         with connection.cursor() as cursor:
             found = _CLAIM.execute(cursor, {
                 "request_id": request_id, "region": region, "attempt": attempt, "previous": attempt - 1,
-                "worker": worker[:120], "lease": lease, "now": now,
+                "worker": worker[:120], "lease": lease, "now": now, "async_commit": async_commit(connection),
             }).fetchone()  # fmt: skip
         if found is None:
             return None
         (organization_id, kind, model_name, stream, prompt_tokens, country, accelerator_class, created_at,
-         retention_days, countries, zones) = found  # fmt: skip
+         retention_days, countries, zones, _) = found  # fmt: skip
         allowed = regions_allowed_by(countries=_jsonb(countries) or [], zones=_jsonb(zones) or [])
         store = connections[region_db_alias(region)]
         with store.cursor() as cursor:
@@ -123,10 +123,13 @@ def request_claim(*, request_id: str, region: str, attempt: int, worker: str) ->
 
 
 # The claim (PostgreSQL): the queued row of this attempt becomes running, and the fields the worker needs
-# come back with its organisation's residency policy (none: no region is allowed).
+# come back with its organisation's residency policy (none: no region is allowed). A non-streamed claim's
+# commit does not wait for the disk (`INFERENCE_ASYNC_COMMIT`): its answer leaves only after the settlement's
+# commit, which waits. A stream's does wait, and so makes admission's write durable, before its first token
+# leaves: delivered tokens are billed, even after a crash of the database.
 _CLAIM = Prepared(
     "inference_request_claim",
-    """
+    f"""
 UPDATE inference_inferencerequest r
    SET status = 'running', attempts = %(attempt)s, worker = %(worker)s, lease_expires_at = %(lease)s,
        started_at = %(now)s
@@ -134,8 +137,9 @@ UPDATE inference_inferencerequest r
 RETURNING r.organization_id, r.kind, r.model_name, r.stream, r.prompt_tokens, r.country, r.accelerator_class,
           r.created_at, r.retention_days,
           (SELECT p.allowed_countries FROM tenants_residencypolicy p WHERE p.organization_id = r.organization_id),
-          (SELECT p.allowed_zones FROM tenants_residencypolicy p WHERE p.organization_id = r.organization_id)
-""",
+          (SELECT p.allowed_zones FROM tenants_residencypolicy p WHERE p.organization_id = r.organization_id),
+          CASE WHEN NOT r.stream THEN {ASYNC_COMMIT} END
+""",  # noqa: S608  # constants only
     {
         "attempt": "integer",
         "previous": "integer",
@@ -144,6 +148,7 @@ RETURNING r.organization_id, r.kind, r.model_name, r.stream, r.prompt_tokens, r.
         "now": "timestamptz",
         "request_id": "text",
         "region": "text",
+        "async_commit": "boolean",
     },
 )
 _CONTENT = Prepared(

@@ -177,6 +177,11 @@ REQUEST_LEASE_S = env.integer("REQUEST_LEASE_S", 15, minimum=3)
 # A request not finished this long after admission fails and its hold is released.
 REQUEST_DEADLINE_S = env.integer("REQUEST_DEADLINE_S", 600, minimum=10)
 REQUEST_MAX_ATTEMPTS = env.integer("REQUEST_MAX_ATTEMPTS", 3, minimum=1)
+# PostgreSQL: the writes a request makes before its settlement (regional content, admission's central
+# write, a non-streamed claim) commit without waiting for the disk; the settlement's commit, which the
+# answer waits for, does, and with it every earlier commit of the same server (docs/architecture.md,
+# "Durability on the request path"). False: every commit waits for the disk.
+INFERENCE_ASYNC_COMMIT = env.boolean("INFERENCE_ASYNC_COMMIT", True)
 # Queued requests per region beyond which admission answers 503 region_busy instead of queueing forever.
 REGION_QUEUE_CAP = env.integer("REGION_QUEUE_CAP", 256, minimum=1)
 # Batch slots of one regional worker process: its Celery thread count and its engine batch size.
