@@ -16,6 +16,7 @@ import secrets
 import socket
 import time
 import uuid
+from collections.abc import Collection
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -925,19 +926,19 @@ def outbox_send(*, outbox_id: int, message: OutboxMessage | None = None, mark: b
         logger.exception("outbox send failed; the relay will retry", extra={"request": message.request_id})
         return False
     if mark:
-        outbox_mark_sent(outbox_id=outbox_id)
+        outbox_mark_sent(outbox_ids=[outbox_id])
     return True
 
 
-def outbox_mark_sent(*, outbox_id: int) -> None:
-    """Marks a published message sent. Its commit need not wait for the disk (`INFERENCE_ASYNC_COMMIT`): a
-    mark lost with a crash only has the relay publish the message again, and a second delivery claims
-    nothing."""
+def outbox_mark_sent(*, outbox_ids: Collection[int]) -> None:
+    """Marks published messages sent, in one statement. Its commit need not wait for the disk
+    (`INFERENCE_ASYNC_COMMIT`): a mark lost with a crash only has the relay publish the message again, and a
+    second delivery claims nothing."""
     asynchronous = async_commit(connection)
     with transaction.atomic():
         if asynchronous:
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        OutboxMessage.objects.filter(pk=outbox_id, sent_at__isnull=True).update(
+        OutboxMessage.objects.filter(pk__in=list(outbox_ids), sent_at__isnull=True).update(
             sent_at=timezone.now(), send_attempts=F("send_attempts") + 1
         )

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -63,7 +64,7 @@ def _run_workers(jobs: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 
 @pytest.fixture
 def prepaid_world(transactional_db: None) -> Any:
-    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    if connection.vendor != "postgresql":
         pytest.fail("the concurrency tests need PostgreSQL (DATABASE_URL): row locks are what they prove")
     make_prices(model_name=MODEL, region=REGION, input_usd_per_million="1.00", output_usd_per_million="2.00")
     make_fx("AED", "3.6725")

@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -377,20 +378,35 @@ async def _stream(admission: Admission, organization_id: int) -> AsyncIterator[b
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+# Outbox rows this process published at admission and has yet to mark sent, per event loop: marked in one
+# statement a moment after the first of them, off every request's path (the reaper publishes a row still
+# unmarked after a few seconds again; a second delivery claims nothing).
+_UNMARKED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[int]] = weakref.WeakKeyDictionary()
+OUTBOX_MARK_DELAY_S = 0.1
 
 
 def _mark_sent_later(admission: Admission) -> None:
-    """Marks the published outbox row while the engine works, not before the relay starts."""
     if admission.outbox_unmarked is None:
         return
+    loop = asyncio.get_running_loop()
+    pending = _UNMARKED.setdefault(loop, set())
+    if not pending:
+        loop.call_later(OUTBOX_MARK_DELAY_S, _marks_flush, loop)
+    pending.add(admission.outbox_unmarked)
 
-    async def mark(outbox_id: int) -> None:
+
+def _marks_flush(loop: asyncio.AbstractEventLoop) -> None:
+    ids = sorted(_UNMARKED.pop(loop, ()))
+    if not ids:
+        return
+
+    async def mark() -> None:
         try:
-            await _in_pool(outbox_mark_sent)(outbox_id=outbox_id)
-        except Exception:  # the relay publishes it again; the second delivery claims nothing
-            logger.exception("could not mark an outbox row sent", extra={"request": admission.request_id})
+            await _in_pool(outbox_mark_sent)(outbox_ids=ids)
+        except Exception:  # the relay publishes them again; a second delivery claims nothing
+            logger.exception("could not mark outbox rows sent", extra={"outbox_ids": ids[:20]})
 
-    task = asyncio.get_running_loop().create_task(mark(admission.outbox_unmarked))
+    task = loop.create_task(mark())
     _BACKGROUND.add(task)
     task.add_done_callback(_BACKGROUND.discard)
 

@@ -79,7 +79,7 @@ def test_the_content_and_the_central_write_commit_without_waiting(gulf: Customer
         assert _setting() == "off"
     assert _setting() == "on"
     with transaction.atomic():
-        admission.outbox_mark_sent(outbox_id=OutboxMessage.objects.get(request_id=request_id).pk)
+        admission.outbox_mark_sent(outbox_ids=[OutboxMessage.objects.get(request_id=request_id).pk])
         assert _setting() == "off"
     assert OutboxMessage.objects.get(request_id=request_id).sent_at is not None
 
