@@ -21,13 +21,16 @@ official `openai` client (no retries) from this process.
 Measured: closed loops at concurrency 1, 8 and 32 (non-streamed: requests/s, output tokens/s, latency;
 streamed: time to first token), each target's requests in blocks alternating with the other's (ABBA) so that
 drift on this shared machine hits both alike, and an open loop with Poisson arrivals at about 85% of our
-measured capacity (the same arrival times for both). Our overhead is split with server-side timestamps read
-from the database after the run (one machine, one clock): receive (client send to admission start: HTTP, key
-check, JSON parsing), admission (the `server-timing` steps, up to and including the commit and the broker
-publish that runs on commit), dispatch (broker delivery, the worker's claim, the engine loop's queue), relay
-(engine done to the client's last byte: settlement, receipt, stream relay). The four add up to latency minus
-the engine's own time. CPU seconds of every process and of the whole machine are sampled around each block,
-so the output says how much CPU other people's processes took meanwhile.
+measured capacity (the same arrival times for both). Our overhead is measured, as the target asks, from
+server-side timestamps (one machine, one clock): from the web server's call of our application to the start of
+its response (`server-timing: request`), minus the engine's own time, split into receive (the request object,
+middleware, key check, JSON parsing), admission (the `server-timing` steps, up to and including the commit
+and the broker publish that runs on commit), dispatch (broker delivery, the worker's claim, the engine
+loop's queue) and relay (engine done to the response's start: settlement, receipt, stream relay). The
+overhead as the client sees it (latency minus the engine's time) is reported next to it: it adds the client's
+own work and the loopback transit both ways, which cancel out of LiteLLM's added latency (proxy minus
+direct); the HTTP floor shows their size. CPU seconds of every process and of the whole machine are sampled
+around each block, so the output says how much CPU other people's processes took meanwhile.
 
 `--tiny` runs every part for a few seconds (concurrency 1 and 2) except LiteLLM, whose install takes minutes
 (used by `make test`; its figures mean nothing).
@@ -735,7 +738,12 @@ def warm_up(target: Target, count: int) -> None:
 class Split:
     """One of our requests, in ms, from the client's clock and the server's timestamps (one machine, one clock).
 
-    receive + admission + dispatch + relay = latency - engine = our overhead.
+    Server-side (the target's measure): server_receive + admission + dispatch + server_relay = server_total -
+    engine = our server-side overhead, from the moment the web server hands the request to our application to
+    the moment it starts sending the response (`server-timing: request`).
+    Client-side: receive + admission + dispatch + relay = latency - engine = our overhead as the client sees it,
+    which adds the client's own work and the loopback transit both ways (these cancel out of LiteLLM's added
+    latency, proxy minus direct).
     """
 
     phase: str
@@ -751,14 +759,22 @@ class Split:
     engine_first_token: float | None  # streams: `timings.first_token_ms` (engine start -> first token: prefill)
     first_token_relay: float | None  # streams: client's first token - (engine start + engine_first_token)
     latency: float
+    server_receive: float | None = None  # `server-timing: receive`: the application's start -> admission start
+    server_total: float | None = None  # `server-timing: request`: the application's start -> the response's start
+    server_relay: float | None = None  # engine done -> the response's start (non-streamed: the whole answer)
 
     @property
     def overhead(self) -> float:
         return self.latency - self.engine
 
+    @property
+    def server_overhead(self) -> float | None:
+        return None if self.server_total is None else self.server_total - self.engine
 
-SPLIT_FIELDS = ("receive", "admission", "dispatch", "to_claim", "engine_queue", "relay", "settle",
-                "engine_first_token", "first_token_relay", "overhead", "engine", "latency")  # fmt: skip
+
+SPLIT_FIELDS = ("server_overhead", "server_receive", "admission", "dispatch", "to_claim", "engine_queue",
+                "server_relay", "settle", "engine_first_token", "first_token_relay", "overhead", "receive", "relay",
+                "engine", "latency")  # fmt: skip
 
 
 def splits_read(samples: Sequence[Sample]) -> tuple[list[Split], dict[str, Any]]:
@@ -798,6 +814,11 @@ def splits_read(samples: Sequence[Sample]) -> tuple[list[Split], dict[str, Any]]
         admitted_end = float(admitted_unix) * 1000 + float(admission_ms)
         completed = row["completed_at"].timestamp() * 1000
         engine_start = completed - float(generate_ms)
+        server_receive = sample.server_timing.get("receive")
+        server_total = sample.server_timing.get("request") if not sample.stream else None  # a stream's starts early
+        server_relay = None
+        if server_receive is not None and server_total is not None:
+            server_relay = float(admitted_unix) * 1000 - server_receive + server_total - completed
         first_token_relay = None
         if sample.ttft_s is not None and timings.get("first_token_ms") is not None:
             first_token_relay = sent + sample.ttft_s * 1000 - (engine_start + float(timings["first_token_ms"]))
@@ -815,6 +836,9 @@ def splits_read(samples: Sequence[Sample]) -> tuple[list[Split], dict[str, Any]]
                 engine_first_token=float(timings["first_token_ms"]) if first_token_relay is not None else None,
                 first_token_relay=first_token_relay,
                 latency=sample.latency_s * 1000,
+                server_receive=server_receive,
+                server_total=server_total,
+                server_relay=server_relay,
             )
         )
     statuses: dict[str, int] = {}
@@ -1198,28 +1222,35 @@ def report(results: Results, plan: Plan, args: argparse.Namespace) -> tuple[dict
     out(f"| ours: latency | {_fmt(_p(ours_lat, 50))} | {_fmt(_p(ours_lat, 99))} |")
     for label, attr in (
         ("ours: engine time (subtracted)", "engine"),
-        ("ours: total overhead (latency - engine)", "overhead"),
-        ("- receive (HTTP, key check, JSON)", "receive"),
+        ("**ours: total overhead, server-side** (the server's time until the response starts - engine)",
+         "server_overhead"),
+        ("- receive (request object, middleware, key check, JSON)", "server_receive"),
         ("- admission (server-timing)", "admission"),
         ("- dispatch (broker, claim, engine queue)", "dispatch"),
-        ("- relay (settlement, receipt, stream relay, response)", "relay"),
-    ):
+        ("- relay (settlement, receipt, stream relay, response)", "server_relay"),
+        ("ours: total overhead as the client sees it (latency - engine)", "overhead"),
+        ("- receive, client-side (the client's own work, loopback, then as above)", "receive"),
+        ("- relay, client-side (as above, then loopback and the client's parsing)", "relay"),
+    ):  # fmt: skip
         values = _values(pair_splits, attr)
         out(f"| {label} | {_fmt(_p(values, 50))} | {_fmt(_p(values, 99))} |")
 
     out("")
     out(
-        "Our overhead split by phase (ms, p50 / p99). Admission includes the commit and the broker publish; dispatch "
-        "includes the wait for the worker's claim (at high concurrency, the broker queue for a Celery thread) and for "
-        "an engine batch slot; relay includes settlement; first-token relay: from the engine's first token to the "
-        "client's (Redis stream, web relay, SSE):"
+        "Our overhead split by phase (ms, p50 / p99). Server-side: from the web server's call of our application to "
+        "the response's start (non-streamed requests only; a stream's response starts before its tokens). Admission "
+        "includes the commit and the broker publish; dispatch includes the wait for the worker's claim (at high "
+        "concurrency, the broker queue for a Celery thread) and for an engine batch slot; relay includes "
+        "settlement; first-token relay: from the engine's first token to the client's (Redis stream, web relay, "
+        "SSE). Client-side: latency - engine, as the client measures it:"
     )
     out("")
     out(
-        "| phase | n | receive | admission | dispatch | - to claim | - engine queue | relay | - settle | "
-        "engine first token | first-token relay | total overhead | engine |"
+        "| phase | n | server-side overhead | receive | admission | dispatch | - to claim | - engine queue | relay | "
+        "- settle | engine first token | first-token relay | client-side overhead | receive, client | "
+        "relay, client | engine |"
     )
-    out("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     phases = [f"c{c}" for c in plan.concurrencies] + [f"c{c}-stream" for c in plan.concurrencies] + ["open", "paired"]
     for name in phases:
         chosen = [s for s in results.splits if s.phase == name]
@@ -1234,8 +1265,10 @@ def report(results: Results, plan: Plan, args: argparse.Namespace) -> tuple[dict
     llama_best = max((b.report()["output_tokens_per_s"] or 0.0 for b in results.blocks
                       if b.target == "llama.cpp" and b.concurrency is not None), default=0.0)  # fmt: skip
     ours_tok = ours_ref.report()["output_tokens_per_s"] if ours_ref else None
-    overhead = [s.overhead for s in pair_splits]
+    overhead = _values(pair_splits, "server_overhead")
     o50, o99 = _p(overhead, 50), _p(overhead, 99)
+    client_overhead = [s.overhead for s in pair_splits]
+    c50 = _p(client_overhead, 50)
     g50 = _p(gateway_added, 50)
     admission_c1 = _p([s.admission for s in c1_splits], 50)
     targets: list[dict[str, Any]] = []
@@ -1248,16 +1281,16 @@ def report(results: Results, plan: Plan, args: argparse.Namespace) -> tuple[dict
 
     target(f"output tokens/s at c={ref} vs llama.cpp server's best", ours_tok, llama_best,
            None if ours_tok is None else ours_tok >= TARGET_THROUGHPUT_RATIO * llama_best, ">= 2.00x")  # fmt: skip
-    target("our total overhead p50 vs LiteLLM added p50 (ms)", o50, g50,
+    target("our total overhead p50, server-side, vs LiteLLM added p50 (ms)", o50, g50,
            None if o50 is None or g50 is None else o50 <= g50, "<= 1.00x")  # fmt: skip
-    target("our total overhead p99 vs 3x our p50 (ms)", o99, o50,
+    target("our total overhead p99, server-side, vs 3x our p50 (ms)", o99, o50,
            None if o99 is None or o50 is None else o99 <= TARGET_P99_OVER_P50 * o50, "<= 3.00x")  # fmt: skip
     target("admission p50 at c=1 (ms) vs 5 ms", admission_c1, TARGET_ADMISSION_MS,
            None if admission_c1 is None else admission_c1 <= TARGET_ADMISSION_MS, "<= 1.00x")  # fmt: skip
-    # Context, not a target: our overhead includes one client-server exchange (the client's own work and
-    # loopback HTTP), which LiteLLM's added latency does not (it cancels between proxy and direct).
+    # Context, not a target: the overhead as the client sees it adds one client-server exchange (the client's
+    # own work and loopback HTTP), which LiteLLM's added latency does not (it cancels between proxy and direct).
     floor50 = _p(floor_lat, 50)
-    net50 = None if o50 is None or floor50 is None else o50 - floor50
+    net50 = None if c50 is None or floor50 is None else c50 - floor50
     out("")
     out("| target | ours | anchor | ratio | needed | result |")
     out("|---|---:|---:|---:|---|---|")
@@ -1267,11 +1300,13 @@ def report(results: Results, plan: Plan, args: argparse.Namespace) -> tuple[dict
         out(f"| {t['target']} | {_fmt(t['ours'])} | {_fmt(t['anchor'])} | {ratio} | {t['needed']} | "
             f"{t['result']}{reason} |")  # fmt: skip
 
-    if net50 is not None:
+    if c50 is not None:
         out("")
-        out(f"Context (not a target): our overhead p50 net of the HTTP floor ({_fmt(floor50)} ms, the client's own "
-            f"work and one loopback exchange, which cancel out of LiteLLM's figure) is {_fmt(net50)} ms"
-            + (f", {net50 / g50:.2f}x LiteLLM's added {_fmt(g50)} ms." if g50 else "."))  # fmt: skip
+        out(f"Context (not a target): our overhead p50 as the client sees it is {_fmt(c50)} ms"
+            + (f", {c50 / g50:.2f}x LiteLLM's added {_fmt(g50)} ms" if g50 else "")
+            + f"; it adds the client's own work and the loopback transit both ways, which cancel out of LiteLLM's "
+            f"figure (proxy minus direct). The HTTP floor (the same client against a server that answers at once) "
+            f"is {_fmt(floor50)} ms; net of it, {_fmt(net50)} ms.")  # fmt: skip
 
     errors = [(b.target, b.phase, b.report()) for b in results.blocks if b.report()["errors"]]
     paired_errors = sum(1 for samples in results.paired.values() for s in samples if not s.ok)
@@ -1287,7 +1322,7 @@ def report(results: Results, plan: Plan, args: argparse.Namespace) -> tuple[dict
     steps = sorted({k for t in c1_timings for k in t}, key=lambda k: (k == "admission", k))
     if steps:
         medians = ", ".join(f"{k} {_fmt(_p([t[k] for t in c1_timings if k in t], 50))}" for k in steps)
-        out(f"Our admission steps at c=1 (server-timing, p50 ms): {medians}.")
+        out(f"Our server-timing at c=1 (p50 ms): {medians}.")
     for block in results.blocks:
         if block.target == "ours" and block.phase == f"c{ref}":
             parts = block.report()["target_cpu_ms_per_request_by_process"] or {}
@@ -1328,7 +1363,9 @@ def report(results: Results, plan: Plan, args: argparse.Namespace) -> tuple[dict
             "latency_ms": {n: summary([s.latency_s * 1000 for s in v if s.ok]) for n, v in results.paired.items()},
             "litellm_added_ms": summary(gateway_added),
             "http_floor_ms": summary(floor_lat),
-            "ours_overhead_net_of_floor_p50_ms": net50,
+            "ours_overhead_server_side_ms": summary(overhead),
+            "ours_overhead_client_side_ms": summary(client_overhead),
+            "ours_overhead_client_side_net_of_floor_p50_ms": net50,
             "ours_split_ms": split_summary(pair_splits),
             "ours_request_ids": sorted(i for i in paired_ids if i),
         },

@@ -94,6 +94,7 @@ class Admission:
     replay: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     outbox_unmarked: int | None = None  # published to the broker; the caller marks it (outbox_mark_sent)
+    admitted_unix: float = 0.0  # when admission started (after authentication and parsing)
 
 
 # --- tokens ----------------------------------------------------------------------------------------
@@ -625,6 +626,7 @@ def _request_admit(
         ratelimit_headers=decision.headers,
         timings=timings,
         outbox_unmarked=write.outbox.pk if published and published[0] else None,
+        admitted_unix=now.timestamp(),
     )
 
 

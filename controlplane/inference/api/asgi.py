@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from controlplane.core import middleware
 
 ASGIApp = Callable[[dict[str, Any], Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
 LEAN_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+RECEIVED_UNIX = "controlplane.received_unix"  # request.META: when the server called the handler (wall clock)
 # outermost first, as in settings.MIDDLEWARE
 _CHAIN: tuple[Callable[[Any], Any], ...] = (
     middleware.RequestIdMiddleware,
@@ -59,18 +61,33 @@ class _LeanHandler(ASGIHandler):
         return response
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Django's `ASGIHandler.handle` without the request signals (see the module)."""
+        """Django's `ASGIHandler.handle` without the request signals (see the module). Every response says
+        how long the server took until it started sending it: `server-timing: request;dur=<ms>`, from the
+        moment the server called this handler."""
+        received = time.perf_counter()
+        received_unix = time.time()
+        downstream = send
+
+        async def timed_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                took = f"request;dur={(time.perf_counter() - received) * 1000:.2f}".encode()
+                message = {**message, "headers": [*message.get("headers", ()), (b"server-timing", took)]}
+            await downstream(message)
+
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
         request, error_response = self.create_request(scope, body_file)
+        send = timed_send
         if request is None:
             body_file.close()
             if error_response is not None:
                 await self.send_response(error_response, send)
             return
+
+        request.META[RECEIVED_UNIX] = received_unix
 
         async def respond() -> None:
             response = await self._respond(request)

@@ -41,6 +41,7 @@ from controlplane.inference.admission import (
     request_admit,
     residency_policy,
 )
+from controlplane.inference.api.asgi import RECEIVED_UNIX
 from controlplane.inference.models import InferenceRequest
 from controlplane.inference.openai_schema import InvalidParameter, parse_embedding, parse_generation
 from controlplane.inference.responses import embedding_vector, stream_chunk, usage_chunk
@@ -377,6 +378,16 @@ async def _stream(admission: Admission, organization_id: int) -> AsyncIterator[b
             await _cancel(admission, organization_id)
 
 
+def _with_receive(admission: Admission, request: HttpRequest) -> Admission:
+    """Adds `receive` to the admission's `server-timing`: from the server's first sight of the request (the
+    lean path's handler) to the start of admission: the request object, middleware, the hop to the
+    database thread, the key check and the JSON parsing."""
+    received = request.META.get(RECEIVED_UNIX)
+    if received is None or not admission.admitted_unix:
+        return admission
+    return replace(admission, timings={"receive_ms": (admission.admitted_unix - received) * 1000, **admission.timings})
+
+
 _BACKGROUND: set[asyncio.Task[None]] = set()
 # Outbox rows this process published at admission and has yet to mark sent, per event loop: marked in one
 # statement a moment after the first of them, off every request's path (the reaper publishes a row still
@@ -421,6 +432,7 @@ async def _generation_view(request: HttpRequest, endpoint: str) -> HttpResponse 
         admission, organization_id = await _in_pool(_admit)(request, endpoint)
     except ApiError as err:
         return error_response(err)
+    admission = _with_receive(admission, request)
     if admission.replay is not None:
         response = JsonResponse(admission.replay["body"], status=admission.replay.get("status", 200))
         response["x-idempotent-replay"] = "true"
@@ -453,6 +465,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         admission, organization_id = await _in_pool(_admit)(request, "embedding")
     except ApiError as err:
         return error_response(err)
+    admission = _with_receive(admission, request)
     if admission.replay is not None:
         response = JsonResponse(admission.replay["body"], status=admission.replay.get("status", 200))
         response["x-idempotent-replay"] = "true"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from controlplane import asgi
 from controlplane.inference.api.asgi import LEAN_PATHS, InferenceFastPath
 
 BODY = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-_VOLATILE_HEADERS = {"x-request-id", "content-length"}
+_VOLATILE_HEADERS = {"x-request-id", "content-length", "server-timing"}
 
 
 def _call(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -79,6 +80,8 @@ def test_the_lean_path_answers_as_djangos_handler(
     assert lean.status_code == status
     assert lean.json()["error"]["code"] == code
     assert lean.headers["x-request-id"].startswith("req_")
+    assert re.fullmatch(r"request;dur=\d+\.\d\d", lean.headers["server-timing"])  # the server's time
+    assert "server-timing" not in django.headers
     if status != 413:  # the size limit answers before the security headers' middleware, on both paths
         assert lean.headers["x-content-type-options"] == "nosniff"
         assert lean.headers["x-frame-options"] == "DENY"

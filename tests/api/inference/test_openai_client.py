@@ -80,6 +80,11 @@ def test_chat_greedy_equals_the_engine_and_usage_equals_the_ledger(stack: Stack,
     assert raw.headers["x-region"] == "dxb"
     assert raw.headers["x-ratelimit-limit-requests"]
     assert raw.headers["x-ratelimit-remaining-tokens"]
+    # the server's own timings: the steps to admission's end, and the whole until the response started
+    timing = {name: float(dur.removeprefix("dur=")) for name, _, dur in (
+        part.strip().partition(";") for part in raw.headers["server-timing"].split(","))}  # fmt: skip
+    assert {"receive", "tokenize", "placement", "quota", "write", "admission", "request"} <= set(timing)
+    assert 0 < timing["receive"] + timing["admission"] < timing["request"]
     entry = LedgerEntry.objects.unscoped_all_orgs().get(request_id=request_id)
     assert (entry.input_tokens, entry.output_tokens) == (reply.usage.prompt_tokens, reply.usage.completion_tokens)
     row = InferenceRequest.objects.unscoped_all_orgs().get(request_id=request_id)
