@@ -130,6 +130,7 @@ def inference_run(*, region: str, request_id: str, attempt: int) -> str:
         services.request_fail(request_id=request_id, code="engine_unavailable", message=str(exc)[:200])
         return "failed"
     loop.submit(job)
+    _ = claimed.input_hmac  # the receipt's input side, computed while the engine runs
     stopped = _wait(job, region=region, request_id=request_id, attempt=attempt)
     if stopped == "lease_lost":
         return "lease_lost"

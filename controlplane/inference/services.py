@@ -3,6 +3,7 @@ settlement exactly once, failure, cancellation, and the reaper's recoveries (DES
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ class ClaimedRequest:
     accelerator_class: str = ""
     created_at: datetime | None = None
     retention_days: int = 0
+
+    @functools.cached_property
+    def input_hmac(self) -> str:
+        """The receipt's HMAC of the request as the client sent it (canonical JSON) under the content's salt:
+        known once the request is claimed, so the worker computes it while the engine runs."""
+        return content_hmac(salt=bytes.fromhex(self.salt), data=_canonical(self.content.get("request")))
 
 
 def _requests() -> Any:
@@ -318,9 +325,8 @@ def _request_complete_here(
             return None
         row.completion_tokens = completion_tokens
         if claimed is not None and claimed.salt and claimed.request_id == request_id:
-            salt = bytes.fromhex(claimed.salt)
-            input_hmac = content_hmac(salt=salt, data=_canonical(claimed.content.get("request")))
-            output_hmac = content_hmac(salt=salt, data=output)
+            input_hmac = claimed.input_hmac
+            output_hmac = content_hmac(salt=bytes.fromhex(claimed.salt), data=output)
             held = True
         else:
             input_hmac, output_hmac, content = _content_hmacs(row, output)
@@ -408,11 +414,9 @@ def _request_complete_in_database(
     *, claimed: ClaimedRequest, attempt: int, completion_tokens: int, finish_reason: str, response: dict[str, Any],
     output: bytes, timings: dict[str, float], now: datetime, first_token_at: datetime | None,
 ) -> _Completed | None:  # fmt: skip
-    salt = bytes.fromhex(claimed.salt)
     receipt = _receipt_sign(
-        claimed, completion_tokens=completion_tokens, completed=now,
-        input_hmac=content_hmac(salt=salt, data=_canonical(claimed.content.get("request"))),
-        output_hmac=content_hmac(salt=salt, data=output),
+        claimed, completion_tokens=completion_tokens, completed=now, input_hmac=claimed.input_hmac,
+        output_hmac=content_hmac(salt=bytes.fromhex(claimed.salt), data=output),
     )  # fmt: skip
     params = {
         "request_id": claimed.request_id, "attempt": attempt, "completion_tokens": completion_tokens, "now": now,
