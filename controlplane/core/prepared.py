@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import re
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
@@ -72,3 +74,16 @@ def async_commit(connection: Any) -> bool:
     would lose their wait too."""
     chosen = bool(settings.INFERENCE_ASYNC_COMMIT)
     return chosen and connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
+@contextmanager
+def transaction_without_waiting(using: str = "default") -> Iterator[None]:
+    """`ASYNC_COMMIT` for ORM writes: a transaction on `using` whose commit does not wait for the disk when
+    `async_commit` allows it (`SET LOCAL`, so for this transaction only)."""
+    connection = connections[using]
+    asynchronous = async_commit(connection)
+    with transaction.atomic(using=using):
+        if asynchronous:
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        yield

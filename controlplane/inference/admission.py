@@ -33,7 +33,7 @@ from billing import services as billing_services
 from controlplane.core import hotcache
 from controlplane.core.errors import Conflict, DomainError, NotFound, PermissionDenied, RateLimited, ServiceUnavailable
 from controlplane.core.logging import current_request_id
-from controlplane.core.prepared import ASYNC_COMMIT, Prepared, async_commit
+from controlplane.core.prepared import ASYNC_COMMIT, Prepared, async_commit, transaction_without_waiting
 from controlplane.core.regions import REGIONS, region_db_alias, region_queue
 from controlplane.core.scoping import org_scope
 from controlplane.core.services import Actor, audit_record
@@ -936,11 +936,7 @@ def outbox_mark_sent(*, outbox_ids: Collection[int]) -> None:
     """Marks published messages sent, in one statement. Its commit need not wait for the disk
     (`INFERENCE_ASYNC_COMMIT`): a mark lost with a crash only has the relay publish the message again, and a
     second delivery claims nothing."""
-    asynchronous = async_commit(connection)
-    with transaction.atomic():
-        if asynchronous:
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+    with transaction_without_waiting():
         OutboxMessage.objects.filter(pk__in=list(outbox_ids), sent_at__isnull=True).update(
             sent_at=timezone.now(), send_attempts=F("send_attempts") + 1
         )

@@ -43,7 +43,7 @@ def gulf(transactional_db: None, monkeypatch: pytest.MonkeyPatch) -> Customer:
 @pytest.fixture
 def forced(monkeypatch: pytest.MonkeyPatch) -> None:
     """The request path's choice made as outside a transaction, inside the test's own."""
-    for module in (admission, services):
+    for module in (admission, services, prepared):
         monkeypatch.setattr(module, "async_commit", lambda _connection: True)
 
 
