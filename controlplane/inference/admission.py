@@ -16,8 +16,8 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import Collection
-from contextlib import nullcontext
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -137,6 +137,64 @@ def _generation_prompt(model: CatalogModel, req: GenerationRequest) -> list[int]
     return ids
 
 
+def _tokens(
+    model: CatalogModel, parsed: GenerationRequest | EmbeddingRequest, raw_body: dict[str, Any]
+) -> tuple[dict[str, Any], int, int, int, int, Workload]:
+    """The request's tokens: its content for the region (the request as sent, with its token ids and the
+    engine's parameters), prompt tokens, max_tokens, n, the tokens the quota reserves, and its workload."""
+    content: dict[str, Any] = {"endpoint": parsed.endpoint, "request": raw_body}
+    if isinstance(parsed, EmbeddingRequest):
+        if not model.supports_embeddings:
+            raise InvalidParameter(f"the model {model.name} does not produce embeddings.", param="model")
+        if parsed.dimensions is not None and parsed.dimensions != model.embedding_dimensions:
+            raise InvalidParameter(
+                f"the model {model.name} returns {model.embedding_dimensions}-dimensional embeddings and cannot "
+                "shorten them; omit 'dimensions'.",
+                param="dimensions",
+                code="dimensions_not_supported",
+            )
+        tok = tokenizer_for(model)
+        inputs_ids: list[list[int]] = []
+        for i, item in enumerate(parsed.inputs):
+            if isinstance(item, str):
+                inputs_ids.append(tok.tokenize(item, add_special=True, parse_special=False))
+            else:
+                _check_ids(item, tok.vocab_size, f"input[{i}]")
+                inputs_ids.append(list(item))
+            if len(inputs_ids[-1]) > context_tokens(model):
+                raise InvalidParameter(
+                    f"input[{i}] has {len(inputs_ids[-1])} tokens; the model takes at most {context_tokens(model)}.",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+        prompt_tokens = sum(len(x) for x in inputs_ids)
+        max_tokens, n, reserve = 0, 1, prompt_tokens
+        content["inputs_ids"] = inputs_ids
+        workload: Workload = "embedding"
+    else:
+        prompt_ids = _generation_prompt(model, parsed)
+        prompt_tokens = len(prompt_ids)
+        max_tokens = _max_tokens(model, parsed, prompt_tokens)
+        n = parsed.n
+        reserve = prompt_tokens + max_tokens * n
+        content["prompt_ids"] = prompt_ids
+        content["params"] = {
+            "max_tokens": max_tokens,
+            "n": n,
+            "stop": parsed.stop,
+            "temperature": parsed.sampling.temperature,
+            "top_p": parsed.sampling.top_p,
+            "top_k": parsed.sampling.top_k,
+            "min_p": parsed.sampling.min_p,
+            "repetition_penalty": parsed.sampling.repetition_penalty,
+            "seed": parsed.sampling.seed,
+            "logprobs": parsed.logprobs,
+            "top_logprobs": parsed.top_logprobs,
+        }
+        workload = "batch" if not parsed.stream and n > 1 else "interactive"
+    return content, prompt_tokens, max_tokens, n, reserve, workload
+
+
 def _max_tokens(model: CatalogModel, req: GenerationRequest, prompt_tokens: int) -> int:
     n_ctx = context_tokens(model)
     room = n_ctx - prompt_tokens
@@ -234,6 +292,17 @@ _HOST_LOAD = Prepared(
     "GROUP BY r.host_id",
     {},
 )
+
+
+@contextmanager
+def _host_load_read() -> Iterator[Callable[[], dict[int, tuple[int, int]]]]:
+    """`_host_load`, on PostgreSQL sent at once and read when the caller asks: the server runs the query
+    while the caller tokenises (nothing else may use the connection in the block)."""
+    if connection.vendor != "postgresql":
+        yield _host_load
+        return
+    with _HOST_LOAD.sent({}) as sent:
+        yield lambda: {int(str(host)): (int(str(running)), int(str(queued))) for host, running, queued in sent.rows()}
 
 
 def _host_load() -> dict[int, tuple[int, int]]:
@@ -404,63 +473,16 @@ def _request_admit(
     if model is None:
         raise ModelNotFound(f"The model `{parsed.model}` does not exist or you do not have access to it.")
 
-    # tokens
-    content: dict[str, Any] = {"endpoint": parsed.endpoint, "request": raw_body}
-    if isinstance(parsed, EmbeddingRequest):
-        if not model.supports_embeddings:
-            raise InvalidParameter(f"the model {model.name} does not produce embeddings.", param="model")
-        if parsed.dimensions is not None and parsed.dimensions != model.embedding_dimensions:
-            raise InvalidParameter(
-                f"the model {model.name} returns {model.embedding_dimensions}-dimensional embeddings and cannot "
-                "shorten them; omit 'dimensions'.",
-                param="dimensions",
-                code="dimensions_not_supported",
-            )
-        tok = tokenizer_for(model)
-        inputs_ids: list[list[int]] = []
-        for i, item in enumerate(parsed.inputs):
-            if isinstance(item, str):
-                inputs_ids.append(tok.tokenize(item, add_special=True, parse_special=False))
-            else:
-                _check_ids(item, tok.vocab_size, f"input[{i}]")
-                inputs_ids.append(list(item))
-            if len(inputs_ids[-1]) > context_tokens(model):
-                raise InvalidParameter(
-                    f"input[{i}] has {len(inputs_ids[-1])} tokens; the model takes at most {context_tokens(model)}.",
-                    param="input",
-                    code="context_length_exceeded",
-                )
-        prompt_tokens = sum(len(x) for x in inputs_ids)
-        max_tokens, n, reserve = 0, 1, prompt_tokens
-        content["inputs_ids"] = inputs_ids
-        workload: Workload = "embedding"
-    else:
-        prompt_ids = _generation_prompt(model, parsed)
-        prompt_tokens = len(prompt_ids)
-        max_tokens = _max_tokens(model, parsed, prompt_tokens)
-        n = parsed.n
-        reserve = prompt_tokens + max_tokens * n
-        content["prompt_ids"] = prompt_ids
-        content["params"] = {
-            "max_tokens": max_tokens,
-            "n": n,
-            "stop": parsed.stop,
-            "temperature": parsed.sampling.temperature,
-            "top_p": parsed.sampling.top_p,
-            "top_k": parsed.sampling.top_k,
-            "min_p": parsed.sampling.min_p,
-            "repetition_penalty": parsed.sampling.repetition_penalty,
-            "seed": parsed.sampling.seed,
-            "logprobs": parsed.logprobs,
-            "top_logprobs": parsed.top_logprobs,
-        }
-        workload = "batch" if not parsed.stream and n > 1 else "interactive"
+    # tokens, while the hosts' load is read (its query on its way: nothing else uses the connection meanwhile)
+    with _host_load_read() as host_load:
+        counted = _tokens(model, parsed, raw_body)
+        load = host_load()
+    content, prompt_tokens, max_tokens, n, reserve, workload = counted
     tokens_done = time.perf_counter()
 
     # residency and placement
     policy = residency_policy(organization)
     regions = _candidate_regions(policy, region_header)
-    load = _host_load()
     states = _fleet(model.name, now, load)
     placement = place(
         PlacementRequest(
@@ -501,21 +523,40 @@ def _request_admit(
         )
     placed = time.perf_counter()
 
-    # quota: one atomic step; everything after it releases the reservation on refusal
+    # quota: one atomic step; everything after it releases the reservation on refusal. The regional content
+    # (write order, DESIGN section 3: before the central transaction) is on its way meanwhile; a refusal
+    # deletes it.
     request_id = new_request_id()
+    retention_days = policy.retention_days if policy else 0
+    salt = content_salt_new().hex()
+    region_alias = region_db_alias(region)
+    kept_for = timedelta(days=retention_days) if retention_days else timedelta(seconds=settings.REQUEST_DEADLINE_S)
+    expires = now + kept_for
+    decision: quota.QuotaDecision | None = None
     try:
-        decision = quota.quota_reserve(
-            client=quota_client(),
-            org_id=organization.pk,
-            region=region,
-            request_id=request_id,
-            tokens=reserve,
-            limits=quota_limits(organization, region),
-            lease_ttl_s=settings.REQUEST_DEADLINE_S,
-        )
-    except redis.RedisError as exc:  # quota_reserve maps these itself; kept for the client's own errors
-        raise ServiceUnavailable("The quota service is unreachable; retry shortly.", code="quota_unavailable") from exc
+        with _content_write(region=region, request_id=request_id, organization_id=organization.pk, body=content,
+                            salt=salt, expires_at=expires):  # fmt: skip
+            try:
+                decision = quota.quota_reserve(
+                    client=quota_client(),
+                    org_id=organization.pk,
+                    region=region,
+                    request_id=request_id,
+                    tokens=reserve,
+                    limits=quota_limits(organization, region),
+                    lease_ttl_s=settings.REQUEST_DEADLINE_S,
+                )
+            except redis.RedisError as exc:  # quota_reserve maps these itself; kept for the client's own errors
+                raise ServiceUnavailable(
+                    "The quota service is unreachable; retry shortly.", code="quota_unavailable"
+                ) from exc
+    except BaseException:
+        if decision is not None and decision.admitted:  # the content's write failed
+            quota.quota_release(client=quota_client(), org_id=organization.pk, region=region, request_id=request_id)
+        _content_delete(region_alias=region_alias, request_id=request_id)
+        raise
     if not decision.admitted:
+        _content_delete(region_alias=region_alias, request_id=request_id)
         advice = (
             f"retry after {decision.retry_after_s} s."
             if decision.retryable
@@ -535,11 +576,6 @@ def _request_admit(
         raise refusal
     quota_done = time.perf_counter()
 
-    retention_days = policy.retention_days if policy else 0
-    salt = content_salt_new().hex()
-    region_alias = region_db_alias(region)
-    kept_for = timedelta(days=retention_days) if retention_days else timedelta(seconds=settings.REQUEST_DEADLINE_S)
-    expires = now + kept_for
     row = {
         "organization_id": organization.pk,
         "request_id": request_id,
@@ -585,9 +621,7 @@ def _request_admit(
     )
     published: list[bool] = []
     try:
-        # write order (DESIGN section 3): regional content first, then index + outbox in one transaction
-        _content_write(region=region, request_id=request_id, organization_id=organization.pk, body=content, salt=salt,
-                       expires_at=expires)  # fmt: skip
+        # write order (DESIGN section 3): the regional content is written; now index + outbox in one transaction
         if connection.vendor == "postgresql":
             _central_write_in_database(write)
         else:
@@ -599,7 +633,7 @@ def _request_admit(
         transaction.on_commit(lambda: published.append(outbox_send(outbox_id=outbox.pk, message=outbox, mark=False)))
     except BaseException as exc:
         quota.quota_release(client=quota_client(), org_id=organization.pk, region=region, request_id=request_id)
-        RequestContent.objects.using(region_alias).filter(request_id=request_id).delete()
+        _content_delete(region_alias=region_alias, request_id=request_id)
         if isinstance(exc, DomainError):
             # refused after the quota step (credit, idempotency): the limits are known, say them
             exc.details = {**exc.details, "headers": decision.headers}
@@ -646,23 +680,31 @@ _CONTENT_WRITE = Prepared(
 )
 
 
+@contextmanager
 def _content_write(
     *, region: str, request_id: str, organization_id: int, body: dict[str, Any], salt: str, expires_at: datetime
-) -> None:
-    """The request's content, in its region's store only (`region_db_alias`; on PostgreSQL one prepared
-    statement, elsewhere the model's save, which checks the same)."""
+) -> Iterator[None]:
+    """The request's content, in its region's store only (`region_db_alias`). On PostgreSQL one prepared
+    statement, sent on entry and its answer read on leaving the block (which raises its error): the caller
+    reserves the quota meanwhile. Elsewhere the model's save, which checks the same, on entry."""
     store = connections[region_db_alias(region)]
     if store.vendor != "postgresql":
         RequestContent.objects.using(store.alias).create(
             region=region, request_id=request_id, organization_id=organization_id, body=body, salt=salt,
             expires_at=expires_at,
         )  # fmt: skip
+        yield
         return
     params = {"region": region, "request_id": request_id, "organization_id": organization_id,
               "body": json.dumps(body), "salt": salt, "expires_at": expires_at,
               "async_commit": async_commit(store)}  # fmt: skip
-    with store.cursor() as cursor:
-        _CONTENT_WRITE.execute(cursor, params, using=store.alias)
+    with _CONTENT_WRITE.sent(params, using=store.alias):
+        yield
+
+
+def _content_delete(*, region_alias: str, request_id: str) -> None:
+    """A refused request's content, gone from its region (content left by a crash is reaped)."""
+    RequestContent.objects.using(region_alias).filter(request_id=request_id).delete()
 
 
 # --- the central write -------------------------------------------------------------------------------

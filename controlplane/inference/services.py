@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from billing import services as billing_services
 from controlplane.core.prepared import ASYNC_COMMIT, Prepared, async_commit
-from controlplane.core.regions import region_db_alias, region_queue
+from controlplane.core.regions import REGION_CODES, region_db_alias, region_queue
 from controlplane.core.scoping import org_scope
 from controlplane.inference import quota, streams
 from controlplane.inference.admission import TASK_RUN, allowed_regions, outbox_send, quota_client, regions_allowed_by
@@ -67,21 +67,24 @@ def request_claim(*, request_id: str, region: str, attempt: int, worker: str) ->
     region's store."""
     now = timezone.now()
     lease = now + timedelta(seconds=settings.REQUEST_LEASE_S)
+    if region not in REGION_CODES:  # no request is queued in a region this cloud does not have
+        return None
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            found = _CLAIM.execute(cursor, {
-                "request_id": request_id, "region": region, "attempt": attempt, "previous": attempt - 1,
-                "worker": worker[:120], "lease": lease, "now": now, "async_commit": async_commit(connection),
-            }).fetchone()  # fmt: skip
+        # the content's read in the region is on its way while the central statement claims the request
+        store = connections[region_db_alias(region)]
+        with _CONTENT.sent({"request_id": request_id}, using=store.alias) as content_read:
+            with connection.cursor() as cursor:
+                found = _CLAIM.execute(cursor, {
+                    "request_id": request_id, "region": region, "attempt": attempt, "previous": attempt - 1,
+                    "worker": worker[:120], "lease": lease, "now": now, "async_commit": async_commit(connection),
+                }).fetchone()  # fmt: skip
+            content_rows = content_read.rows() if found is not None else []
         if found is None:
             return None
         (organization_id, kind, model_name, stream, prompt_tokens, country, accelerator_class, created_at,
          retention_days, countries, zones, _) = found  # fmt: skip
         allowed = regions_allowed_by(countries=_jsonb(countries) or [], zones=_jsonb(zones) or [])
-        store = connections[region_db_alias(region)]
-        with store.cursor() as cursor:
-            content_row = _CONTENT.execute(cursor, {"request_id": request_id}, using=store.alias).fetchone()
-        body, salt = (_jsonb(content_row[0]), content_row[1]) if content_row else (None, "")
+        body, salt = (_jsonb(content_rows[0][0]), content_rows[0][1] or "") if content_rows else (None, "")
     else:
         claimed = (
             _requests()
