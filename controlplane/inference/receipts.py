@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ _PRIVATE_SUFFIX = ".key.pem"
 _KID_HEX_LENGTH = 16
 # Beyond 2**53 - 1, integers lose precision in JavaScript and jq, and the canonical bytes stop being portable.
 _SAFE_INTEGER = 2**53 - 1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # the characters `_check_portable` refuses in strings
 _SIGN_ATTEMPTS = 3
 
 _signing_keys: dict[tuple[Path, str], Ed25519PrivateKey] = {}
@@ -72,7 +74,7 @@ def _check_portable(value: Any, where: str) -> None:
         return
     if isinstance(value, str):
         # jq escapes DEL where Python and RFC 8785 do not; claims are identifiers and never need controls.
-        if any(ord(char) < 0x20 or char == "\x7f" for char in value):
+        if _CONTROL.search(value):
             raise ValueError(f"{where}: control characters are not allowed in receipt strings")
         return
     if isinstance(value, int):

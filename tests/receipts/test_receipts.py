@@ -222,8 +222,8 @@ def test_claims_are_canonical_and_portable(key_dir: Path) -> None:
     assert b" " not in receipt_claims_canonical(claims={"a": 1, "b": [1, 2]})
     assert "zürich".encode() in receipt_claims_canonical(claims=CLAIMS)  # UTF-8, not \u escapes
     unportable: list[dict[Any, Any]] = [
-        {"x": 0.5}, {"x": float("nan")}, {"x": 2**53}, {"x": "a\nb"}, {"x": "a\x7fb"}, {"ü": 1}, {"x": b"bytes"},
-        {1: "x"},
+        {"x": 0.5}, {"x": float("nan")}, {"x": 2**53}, {"x": "a\nb"}, {"x": "a\x7fb"}, {"x": "\x00"},
+        {"x": "z\x1f"}, {"ü": 1}, {"x": b"bytes"}, {1: "x"},
     ]
     for bad in unportable:
         with pytest.raises((TypeError, ValueError)):
