@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -126,11 +127,15 @@ class Sent:
         pgconn = self._driver.pgconn
         rows: list[tuple[str | None, ...]] = []
         error: pg_errors.Error | None = None
+        readable: select.poll | None = None  # poll, not select: a busy process may hold descriptors past 1024
         try:
             while True:
                 pgconn.consume_input()
                 if pgconn.is_busy():
-                    select.select([pgconn.socket], [], [])
+                    if readable is None:
+                        readable = select.poll()
+                        readable.register(pgconn.socket, select.POLLIN)
+                    readable.poll()
                     continue
                 result = pgconn.get_result()
                 if result is None:
@@ -167,7 +172,9 @@ def _text(value: Any, kind: str) -> bytes | None:
         return value.isoformat().encode()
     if kind in ("json", "jsonb") and not isinstance(value, str):
         return json.dumps(value).encode()
-    if isinstance(value, bool | int | str):
+    if isinstance(value, float):  # repr: the shortest text that reads back as the same float
+        return {"nan": b"NaN", "inf": b"Infinity", "-inf": b"-Infinity"}.get(repr(value), repr(value).encode())
+    if isinstance(value, bool | int | str | Decimal):
         return str(value).encode()
     raise TypeError(f"no text form for a {type(value).__name__} as {kind}")
 

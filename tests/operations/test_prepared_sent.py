@@ -7,9 +7,12 @@ writes the regional content while it reserves the quota; a worker reads the cont
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -25,7 +28,13 @@ _ECHO = Prepared(
     "SELECT %(word)s, %(count)s + 1, %(flag)s, %(at)s, %(doc)s, %(nothing)s::text",
     {"word": "text", "count": "bigint", "flag": "boolean", "at": "timestamptz", "doc": "jsonb", "nothing": "text"},
 )
+_NUMBERS = Prepared(
+    "test_sent_numbers",
+    "SELECT %(real)s = 0.1::float8, %(huge)s, %(money)s * 3",
+    {"real": "float8", "huge": "float8", "money": "numeric"},
+)
 _LOCKED = Prepared("test_sent_locked", "SELECT pg_advisory_xact_lock(%(lock)s), 'after the lock'", {"lock": "bigint"})
+_SLEEP = Prepared("test_sent_sleep", "SELECT pg_sleep(%(seconds)s), 'slept'", {"seconds": "float8"})
 _UNIQUE = Prepared("test_sent_unique", "INSERT INTO test_sent_unique VALUES (%(id)s)", {"id": "integer"})
 
 
@@ -55,6 +64,8 @@ def test_the_answer_comes_back_as_text_for_every_parameter_type() -> None:
     assert (word, count, flag, nothing) == ("it's", "42", "t", None)
     assert datetime.fromisoformat(str(stamp)) == at
     assert doc == '{"a": [1, "b"]}'
+    with _NUMBERS.sent({"real": 0.1, "huge": float("-inf"), "money": Decimal("0.000001")}) as sent:
+        assert sent.rows() == [("t", "-Infinity", "0.000003")]
     assert _idle()
 
 
@@ -138,3 +149,26 @@ def test_a_naive_datetime_or_an_unknown_type_is_refused_before_anything_is_sent(
     ):
         pass
     assert _idle()
+
+
+def test_a_socket_numbered_past_1024_is_waited_on() -> None:
+    """A web process with many clients holds descriptors past `select`'s limit (1024): the wait for an answer
+    must not depend on the socket's number."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.fail(f"this test needs 1200 open files; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200) if soft != resource.RLIM_INFINITY else soft, hard))
+    connection.close()
+    fillers: list[int] = []
+    try:
+        while not fillers or fillers[-1] <= 1100:  # every lower number taken: the next socket's is higher
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+        with _SLEEP.sent({"seconds": 0.05}) as sent:
+            assert connection.connection.fileno() > 1024
+            assert sent.rows() == [("", "slept")]
+        assert _idle()
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        connection.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
